@@ -1,0 +1,505 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// maxIdleWorkers caps how many parked handler goroutines are kept for reuse.
+const maxIdleWorkers = 1024
+
+// Defaults of the native dispatch service (upstream's values).
+const (
+	DefaultServiceID             = "handler-dispatch"
+	DefaultMaxConcurrentHandlers = 10
+	DefaultHandlerTimeout        = 30 * time.Second
+	DefaultCompletionSendTimeout = 10 * time.Second
+)
+
+// ServiceConfig tunes a HandlerDispatchService; zero values take the defaults.
+type ServiceConfig struct {
+	// ServiceID names the service in logs and failure metadata.
+	ServiceID string
+	// WorkerID is stamped into every result's metadata.
+	WorkerID string
+	// MaxConcurrentHandlers is the number of permits.
+	MaxConcurrentHandlers int
+	// HandlerTimeout bounds a handler unless the step carries its own timeout.
+	HandlerTimeout time.Duration
+	// CompletionSendTimeout bounds how long a result waits for room in the
+	// completion channel before it is counted as undelivered.
+	CompletionSendTimeout time.Duration
+	// Callback, when set, runs after each delivered result under
+	// CallbackStrategy, bounded by CallbackTimeout.
+	Callback         PostHandlerCallback
+	CallbackStrategy CallbackStrategy
+	CallbackTimeout  time.Duration
+	// Semaphore lets a caller share the permits with another consumer; nil
+	// creates one with MaxConcurrentHandlers permits.
+	Semaphore *Semaphore
+}
+
+func (c *ServiceConfig) defaults() {
+	if c.ServiceID == "" {
+		c.ServiceID = DefaultServiceID
+	}
+	if c.MaxConcurrentHandlers <= 0 {
+		c.MaxConcurrentHandlers = DefaultMaxConcurrentHandlers
+	}
+	if c.HandlerTimeout <= 0 {
+		c.HandlerTimeout = DefaultHandlerTimeout
+	}
+	if c.CompletionSendTimeout <= 0 {
+		c.CompletionSendTimeout = DefaultCompletionSendTimeout
+	}
+}
+
+// ShutdownReport says what became of the work the service held when it shut
+// down, so the caller can return it to the queue: nothing is dropped.
+type ShutdownReport struct {
+	// Unstarted messages never reached a handler; return them to the queue
+	// at once (their attempt did not happen).
+	Unstarted []StepMessage
+	// Cancelled is how many handlers were still running at the drain
+	// deadline and had their context cancelled. Their results, if any, are
+	// delivered as retryable failures; the rest are redelivered by the queue.
+	Cancelled int
+}
+
+// HandlerDispatchService consumes the dispatch channel and runs native Go
+// handlers. A permit is taken before a handler goroutine starts, so when all
+// permits are busy the service stops reading and the bounded dispatch channel
+// pushes back on the intake. Every message ends as exactly one result on the
+// completion channel, or is handed back by Shutdown.
+type HandlerDispatchService struct {
+	cfg        ServiceConfig
+	registry   *Registry
+	dispatch   <-chan StepMessage
+	completion chan<- *Completion
+	sem        *Semaphore
+	callbacks  *CallbackRunner
+	metrics    *Metrics
+	log        logr.Logger
+
+	slots []atomic.Pointer[stepState] // running step per permit
+	deadlineWatch
+	running     sync.WaitGroup // handler goroutines
+	overdue     atomic.Int64   // handlers still running past their timeout
+	stopping    chan struct{}
+	stopOnce    sync.Once
+	watchDone   chan struct{}   // stops the watchdog and idle workers once no handler runs
+	ready       chan *stepState // unbuffered: hand-off to an idle worker
+	idleWorkers atomic.Int32
+	readyOnce   sync.Once
+	interrupt   chan struct{} // closed by Shutdown or Abort: wakes a loop waiting for a permit
+	interruptMu sync.Once
+	watchOnce   sync.Once
+	loopDone    chan struct{}
+	started     atomic.Bool
+	held        *StepMessage // message the loop held when it stopped; read after loopDone
+}
+
+// NewHandlerDispatchService wires a service to its channels. completionMonitor
+// watches the completion channel (it may be shared with the FFI channel) and
+// may be nil.
+func NewHandlerDispatchService(cfg ServiceConfig, registry *Registry, dispatch <-chan StepMessage,
+	completion chan<- *Completion, metrics *Metrics, log logr.Logger) *HandlerDispatchService {
+	cfg.defaults()
+	sem := cfg.Semaphore
+	if sem == nil {
+		sem = NewSemaphore(cfg.MaxConcurrentHandlers)
+	}
+	log = log.WithValues("serviceId", cfg.ServiceID)
+	return &HandlerDispatchService{
+		cfg: cfg, registry: registry, dispatch: dispatch, completion: completion, sem: sem,
+		callbacks: NewCallbackRunner(cfg.Callback, cfg.CallbackStrategy, cfg.CallbackTimeout, cfg.ServiceID, metrics, log),
+		metrics:   metrics, log: log,
+		slots:         make([]atomic.Pointer[stepState], sem.Capacity()),
+		deadlineWatch: deadlineWatch{wake: make(chan struct{}, 1)},
+		ready:         make(chan *stepState),
+		interrupt:     make(chan struct{}),
+		stopping:      make(chan struct{}), loopDone: make(chan struct{}), watchDone: make(chan struct{}),
+	}
+}
+
+// Semaphore exposes the service's permits so load shedding watches the real one.
+func (s *HandlerDispatchService) Semaphore() *Semaphore { return s.sem }
+
+// InFlight is the number of handlers running (permits held).
+func (s *HandlerDispatchService) InFlight() int { return s.sem.InUse() }
+
+// Overdue is the number of handlers still running after their step timed out.
+// They keep their permits, so concurrency stays truly bounded.
+func (s *HandlerDispatchService) Overdue() int64 { return s.overdue.Load() }
+
+// RegisterMetrics exports tasker_dispatch_in_flight, tasker_dispatch_capacity
+// and tasker_dispatch_overdue_handlers, read at scrape time.
+func (s *HandlerDispatchService) RegisterMetrics(reg prometheus.Registerer) error {
+	for _, g := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tasker_dispatch_in_flight", Help: "Handlers running (permits held)."},
+			func() float64 { return float64(s.sem.InUse()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tasker_dispatch_capacity", Help: "Permits: max_concurrent_handlers."},
+			func() float64 { return float64(s.sem.Capacity()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tasker_dispatch_overdue_handlers", Help: "Handlers still running after their step timed out (they keep their permit)."},
+			func() float64 { return float64(s.overdue.Load()) }),
+	} {
+		if err := reg.Register(g); err != nil {
+			return fmt.Errorf("register dispatch gauges: %w", err)
+		}
+	}
+	return nil
+}
+
+// Run consumes the dispatch channel until it is closed, Shutdown is called or
+// ctx ends. It must be called once.
+func (s *HandlerDispatchService) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("dispatch service: Run called twice")
+	}
+	defer close(s.loopDone)
+	stop := s.stopping
+	go s.watchdog(s.watchDone)
+	for {
+		var msg StepMessage
+		var ok bool
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		select {
+		case msg, ok = <-s.dispatch: // fast path: work is waiting
+		default:
+			select {
+			case <-stop:
+				return nil
+			case <-ctx.Done():
+				return nil
+			case msg, ok = <-s.dispatch:
+			}
+		}
+		if !ok {
+			return nil
+		}
+		switch p, err := s.sem.acquireOr(s.interrupt); {
+		case err == nil:
+			st := &stepState{svc: s, permit: p}
+			st.c.Message = msg
+			s.slots[p].Store(st)
+			s.running.Add(1)
+			s.start(st)
+		case errors.Is(err, errStopped):
+			s.held = &msg
+			return nil
+		default:
+			s.semaphoreFailure(msg)
+		}
+	}
+}
+
+// semaphoreFailure is seed risk 1: a step that cannot get a permit becomes an
+// explicit retryable failure on the completion channel, with its callback.
+func (s *HandlerDispatchService) semaphoreFailure(msg StepMessage) {
+	s.metrics.SemaphoreFailures.Inc()
+	s.log.Error(ErrSemaphoreClosed, "cannot execute handler, generating failure result", "stepUuid", msg.StepUUID)
+	st := &stepState{svc: s, permit: -1}
+	st.c.Message = msg
+	st.c.Result = FailureResult(msg.StepUUID, "Handler execution failed - semaphore closed during acquisition",
+		ErrorTypeSemaphoreAcquisitionFailed, true, 0,
+		map[string]any{"service_id": s.cfg.ServiceID, "reason": "semaphore closed", "task_uuid": msg.TaskUUID})
+	s.deliver(st)
+}
+
+// step states for the race between a handler finishing and its deadline.
+const (
+	stepRunning int32 = iota
+	stepFinished
+	stepTimedOut
+)
+
+// stepState is everything one dispatched step needs, in one allocation: the
+// message and its completion, the handler's context, and who won the race
+// between the handler and its deadline.
+type stepState struct {
+	svc        *HandlerDispatchService
+	c          Completion
+	ctx        stepContext
+	permit     Permit
+	timeout    time.Duration
+	state      atomic.Int32
+	deadlineNs atomic.Int64 // 0 until the handler starts
+}
+
+// start hands a step whose permit is held to an idle handler goroutine, or
+// starts a new one. Reusing goroutines matters: a fresh goroutine's stack
+// grows (is copied) on its way through the completion send, which cost more
+// than the rest of dispatch together.
+//
+// The hand-off is a non-blocking send on an unbuffered channel, so it
+// succeeds only if an idle worker is already waiting to receive: a step is
+// never parked behind a busy worker.
+func (s *HandlerDispatchService) start(st *stepState) {
+	select {
+	case s.ready <- st:
+	default:
+		go s.worker(st)
+	}
+}
+
+// worker runs steps until it is not needed: after each step it waits for the
+// next hand-off, unless enough workers are idle already. Shutdown closes the
+// ready channel, which ends every waiting worker.
+func (s *HandlerDispatchService) worker(st *stepState) {
+	for {
+		st.run()
+		if s.idleWorkers.Add(1) > maxIdleWorkers {
+			s.idleWorkers.Add(-1)
+			return
+		}
+		next, ok := <-s.ready
+		s.idleWorkers.Add(-1)
+		if !ok {
+			return
+		}
+		st = next
+	}
+}
+
+// run executes one handler. The loop has already taken st.permit.
+func (st *stepState) run() {
+	s := st.svc
+	defer s.running.Done()
+	msg := &st.c.Message
+	h, ok := s.registry.Lookup(msg.Handler)
+	if !ok {
+		s.release(st)
+		st.c.Result = FailureResult(msg.StepUUID, "Handler not found: "+msg.Handler, ErrorTypeHandlerNotFound, false, 0, nil)
+		s.deliver(st)
+		return
+	}
+	st.timeout = s.cfg.HandlerTimeout
+	if msg.Timeout > 0 {
+		st.timeout = msg.Timeout
+	}
+	start := time.Now()
+	st.ctx.deadline = start.Add(st.timeout)
+	s.armDeadline(st, st.ctx.deadline.UnixNano())
+	out, err, panicked := invokeHandler(&st.ctx, h, msg)
+	elapsed := time.Since(start) // monotonic clock only: half the cost of time.Now here
+	if !st.state.CompareAndSwap(stepRunning, stepFinished) {
+		// Timed out: the failure is already delivered; discard this result.
+		s.release(st)
+		s.overdue.Add(-1)
+		s.metrics.LateResults.Inc()
+		s.log.V(1).Info("discarding late handler result", "stepUuid", msg.StepUUID, "elapsed", elapsed)
+		return
+	}
+	// Seed risk 3: release the permit before sending the result.
+	s.release(st)
+	if err != nil && errors.Is(err, context.Canceled) && st.ctx.Err() == context.Canceled {
+		err = errors.New("Handler cancelled: worker shutting down before it finished")
+	}
+	fillResult(&st.c.Result, msg, out, err, panicked, elapsed, start.Add(elapsed))
+	s.deliver(st)
+}
+
+// expire runs at the step's deadline. If the handler has not finished, the
+// timeout failure is delivered at once and the handler's context cancelled;
+// the handler keeps its permit until it actually returns, so concurrency
+// stays truly bounded.
+func (st *stepState) expire() {
+	if !st.state.CompareAndSwap(stepRunning, stepTimedOut) {
+		return
+	}
+	s := st.svc
+	s.overdue.Add(1)
+	st.ctx.cancel(context.DeadlineExceeded)
+	st.c.Result = FailureResult(st.c.Message.StepUUID, fmt.Sprintf("Handler timed out after %dms", st.timeout.Milliseconds()),
+		ErrorTypeHandlerTimeout, true, st.timeout, nil)
+	s.deliver(st)
+}
+
+// release frees the step's slot and permit.
+func (s *HandlerDispatchService) release(st *stepState) {
+	s.slots[st.permit].Store(nil)
+	s.sem.Release(st.permit)
+}
+
+// handlerPanic is what a recovered handler panic leaves behind.
+type handlerPanic struct {
+	message string
+	stack   []string
+}
+
+// invokeHandler runs h, turning a panic into a handlerPanic.
+func invokeHandler(ctx context.Context, h Handler, msg *StepMessage) (out []byte, err error, panicked *handlerPanic) {
+	defer func() {
+		if p := recover(); p != nil {
+			panicked = &handlerPanic{message: fmt.Sprint(p), stack: strings.Split(strings.TrimSpace(string(debug.Stack())), "\n")}
+		}
+	}()
+	out, err = h.Handle(ctx, msg)
+	return out, err, nil
+}
+
+// fillResult writes a handler's outcome into r, per the failure table. It
+// fills in place because a result is large and copying it through return
+// values grew every handler goroutine's stack.
+func fillResult(r *StepExecutionResult, msg *StepMessage, out []byte, err error, panicked *handlerPanic, elapsed time.Duration, now time.Time) {
+	switch {
+	case panicked != nil:
+		*r = FailureResult(msg.StepUUID, "Handler panicked: "+panicked.message, ErrorTypeHandlerPanic, false, elapsed, nil)
+		r.Error.Backtrace = panicked.stack
+	case err != nil:
+		*r = failureFromError(msg, err, elapsed)
+	default:
+		r.StepUUID = msg.StepUUID
+		r.Success = true
+		r.Result = out
+		if out == nil {
+			r.Result = nullJSON
+		}
+		r.Status = StatusCompleted
+		r.Metadata.ExecutionTimeMs = elapsed.Milliseconds()
+		r.Metadata.CompletedAt = now.UTC()
+	}
+}
+
+// failureFromError maps a handler's error: a *StepError keeps its type and
+// retryability, anything else is a retryable handler_error.
+func failureFromError(msg *StepMessage, err error, elapsed time.Duration) StepExecutionResult {
+	var se *StepError
+	if errors.As(err, &se) {
+		typ := se.ErrorType
+		if typ == "" {
+			typ = ErrorTypeHandlerError
+		}
+		r := FailureResult(msg.StepUUID, se.Message, typ, se.Retryable, elapsed, nil)
+		r.Error.ErrorCode, r.Metadata.ErrorCode, r.Error.Backtrace = se.ErrorCode, se.ErrorCode, se.Backtrace
+		return r
+	}
+	return FailureResult(msg.StepUUID, err.Error(), ErrorTypeHandlerError, true, elapsed, nil)
+}
+
+// deliver sends a result to the completion channel within the send timeout
+// and, only if that succeeded, runs the post-handler callback. A result that
+// cannot be delivered is counted and logged; its step stays claimed in the
+// queue, which redelivers it, so it is not lost.
+func (s *HandlerDispatchService) deliver(st *stepState) {
+	res := &st.c.Result
+	res.Metadata.WorkerID = s.cfg.WorkerID
+	if !SendCompletion(s.completion, &st.c, s.cfg.CompletionSendTimeout) {
+		s.log.Error(errors.New("completion channel full"), "result not delivered within send timeout; the queue will redeliver the step",
+			"stepUuid", res.StepUUID, "timeout", s.cfg.CompletionSendTimeout, "outcome", string(res.Outcome()))
+		s.metrics.UndeliveredResults.Inc()
+		return
+	}
+	s.callbacks.Run(&st.c.Message, &st.c.Result)
+}
+
+// SendCompletion puts c on ch, waiting at most timeout for room. It reports
+// whether the completion was sent; once sent, c belongs to the receiver.
+func SendCompletion(ch chan<- *Completion, c *Completion, timeout time.Duration) bool {
+	select {
+	case ch <- c:
+		return true
+	default:
+	}
+	// A full channel is usually a consumer a moment behind: yielding lets it
+	// drain, and is far cheaper than arming a timer.
+	for range 3 {
+		runtime.Gosched()
+		select {
+		case ch <- c:
+			return true
+		default:
+		}
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case ch <- c:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// Shutdown stops taking messages, hands back every message that never
+// started (the one the loop held and whatever is still buffered in the
+// dispatch channel — the caller must have stopped producing), and waits for
+// running handlers until ctx ends. At that deadline the handlers' contexts
+// are cancelled and counted in the report.
+func (s *HandlerDispatchService) Shutdown(ctx context.Context) (ShutdownReport, error) {
+	s.stopOnce.Do(func() { close(s.stopping) })
+	s.interruptMu.Do(func() { close(s.interrupt) })
+	var rep ShutdownReport
+	if s.started.Load() {
+		<-s.loopDone
+	}
+	s.readyOnce.Do(func() { close(s.ready) }) // the loop, the only sender, has exited
+	if s.held != nil {
+		rep.Unstarted = append(rep.Unstarted, *s.held)
+		s.held = nil
+	}
+	for drained := false; !drained; {
+		select {
+		case msg, ok := <-s.dispatch:
+			if !ok {
+				drained = true
+				break
+			}
+			rep.Unstarted = append(rep.Unstarted, msg)
+		default:
+			drained = true
+		}
+	}
+	done := make(chan struct{})
+	go func() { s.Wait(); close(done) }()
+	select {
+	case <-done:
+		return rep, nil
+	case <-ctx.Done():
+		for i := range s.slots {
+			if st := s.slots[i].Load(); st != nil && st.ctx.cancel(context.Canceled) {
+				rep.Cancelled++
+			}
+		}
+		return rep, fmt.Errorf("drain deadline passed with %d handlers running: %w", rep.Cancelled, ctx.Err())
+	}
+}
+
+// Wait blocks until every handler goroutine has returned and delivered (or
+// discarded) its result, so the completion channel can then be closed.
+func (s *HandlerDispatchService) Wait() {
+	s.running.Wait()
+	if s.stopped() {
+		s.watchOnce.Do(func() { close(s.watchDone) })
+	}
+}
+
+func (s *HandlerDispatchService) stopped() bool {
+	select {
+	case <-s.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// Abort closes the semaphore: from then on every message the loop takes
+// becomes a retryable semaphore_acquisition_failed result (seed risk 1).
+func (s *HandlerDispatchService) Abort() {
+	s.sem.Close()
+	s.interruptMu.Do(func() { close(s.interrupt) })
+}

@@ -1,0 +1,233 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// ErrNotFound is returned by Get for an id that does not exist.
+var ErrNotFound = errors.New("step not found")
+
+// refreshSQL counts claimable steps (exactly Claim's predicate, so it is
+// answered from the partial index) and the age of the oldest per queue.
+const refreshSQL = `
+SELECT queue, count(*), coalesce(extract(epoch FROM now() - min(visible_at)), 0)::float8
+FROM tasker_steps
+WHERE state IN ('ready', 'claimed') AND visible_at <= now()
+  AND (cardinality($1::text[]) = 0 OR queue = ANY($1::text[]))
+GROUP BY queue`
+
+// RefreshStats updates the tasker_queue_depth and
+// tasker_queue_oldest_ready_age_seconds gauges from one cheap query. The
+// worker calls it periodically (every few seconds); it is not called on the
+// claim path. Queues in Options.Queues, and any queue seen before, are set to
+// 0 when they have nothing claimable, so a drained queue does not keep
+// reporting its last backlog.
+func (q *Queue) RefreshStats(ctx context.Context) error {
+	q.statsMu.Lock()
+	defer q.statsMu.Unlock()
+	filter := q.opts.Queues
+	if filter == nil {
+		filter = []string{}
+	}
+	rows, err := q.pool.Query(ctx, refreshSQL, filter)
+	if err != nil {
+		return fmt.Errorf("refresh queue stats: %w", err)
+	}
+	type row struct {
+		depth int64
+		age   float64
+	}
+	got := map[string]row{}
+	for rows.Next() {
+		var name string
+		var r row
+		if err := rows.Scan(&name, &r.depth, &r.age); err != nil {
+			rows.Close()
+			return fmt.Errorf("refresh queue stats: %w", err)
+		}
+		got[name] = r
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("refresh queue stats: %w", err)
+	}
+	for name := range got {
+		q.statsQueues[name] = true
+	}
+	for name := range q.statsQueues {
+		r := got[name]
+		q.m.depth.WithLabelValues(name).Set(float64(r.depth))
+		q.m.oldestAge.WithLabelValues(name).Set(max(r.age, 0))
+	}
+	return nil
+}
+
+// QueueStats counts one queue's steps by state, for tests, the CLI and
+// readiness reporting.
+type QueueStats struct {
+	// Queue is the queue's name.
+	Queue string
+	// Ready steps are visible now and waiting for a claim.
+	Ready int64
+	// Scheduled steps are ready but not yet visible (delayed, or in retry
+	// backoff).
+	Scheduled int64
+	// Claimed steps are held by a worker (including expired claims awaiting
+	// redelivery, counted again in Expired).
+	Claimed int64
+	// Expired claims passed their visibility without acknowledgement and
+	// will be redelivered by the next Claim.
+	Expired int64
+	// Completed steps succeeded.
+	Completed int64
+	// Dead steps failed for good; their last_error says why.
+	Dead int64
+	// OldestReadyAge is how long the oldest claimable step has waited.
+	OldestReadyAge time.Duration
+}
+
+const statsSQL = `
+SELECT queue,
+	count(*) FILTER (WHERE state = 'ready' AND visible_at <= now()),
+	count(*) FILTER (WHERE state = 'ready' AND visible_at > now()),
+	count(*) FILTER (WHERE state = 'claimed'),
+	count(*) FILTER (WHERE state = 'claimed' AND visible_at <= now()),
+	count(*) FILTER (WHERE state = 'completed'),
+	count(*) FILTER (WHERE state = 'dead'),
+	coalesce(extract(epoch FROM now() - min(visible_at) FILTER (
+		WHERE state IN ('ready', 'claimed') AND visible_at <= now())), 0)::float8
+FROM tasker_steps
+GROUP BY queue
+ORDER BY queue`
+
+// Stats counts every queue's steps by state. It scans the whole table
+// (completed steps included), so it is for tests and operators, not for a
+// hot loop; RefreshStats is the cheap, periodic one.
+func (q *Queue) Stats(ctx context.Context) (map[string]QueueStats, error) {
+	rows, err := q.pool.Query(ctx, statsSQL)
+	if err != nil {
+		return nil, fmt.Errorf("queue stats: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]QueueStats{}
+	for rows.Next() {
+		var s QueueStats
+		var age float64
+		if err := rows.Scan(&s.Queue, &s.Ready, &s.Scheduled, &s.Claimed, &s.Expired, &s.Completed, &s.Dead, &age); err != nil {
+			return nil, fmt.Errorf("queue stats: %w", err)
+		}
+		s.OldestReadyAge = time.Duration(max(age, 0) * float64(time.Second))
+		out[s.Queue] = s
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("queue stats: %w", err)
+	}
+	return out, nil
+}
+
+// Step is a full row of tasker_steps, for inspection (tests, CLI, debugging
+// a dead step). Times that are not set are zero.
+type Step struct {
+	// ID is the row id.
+	ID int64
+	// Queue is the queue the step belongs to.
+	Queue string
+	// StepUUID, TaskUUID and CorrelationID are as enqueued (zero if absent).
+	StepUUID, TaskUUID, CorrelationID UUID
+	// Handler names the handler to run.
+	Handler string
+	// Payload is the handler's input.
+	Payload json.RawMessage
+	// Timeout is the step's own handler timeout, 0 if none.
+	Timeout time.Duration
+	// State is where the step is in its life cycle.
+	State State
+	// Attempts counts claims so far (Release gives one back).
+	Attempts int
+	// MaxAttempts is how many claims the step gets before it is dead.
+	MaxAttempts int
+	// VisibleAt is when the step can next be claimed (for a claimed step:
+	// when its claim expires).
+	VisibleAt time.Time
+	// EnqueuedAt is when the step was inserted.
+	EnqueuedAt time.Time
+	// ClaimToken is the current fencing token.
+	ClaimToken int64
+	// ClaimedBy is the worker id of the latest claim.
+	ClaimedBy string
+	// ClaimedAt is when the latest claim was made.
+	ClaimedAt time.Time
+	// CompletedAt is when the step became completed or dead.
+	CompletedAt time.Time
+	// Result is what the successful run reported.
+	Result json.RawMessage
+	// LastError is the latest failure's error object, kept after a retry and
+	// on a dead step.
+	LastError json.RawMessage
+}
+
+const getSQL = `
+SELECT id, queue, step_uuid, task_uuid, correlation_id, handler, payload, timeout_ms, state, attempts,
+       max_attempts, visible_at, enqueued_at, claim_token, claimed_by, claimed_at, completed_at, result, last_error
+FROM tasker_steps WHERE id = $1`
+
+// Get reads one step by id; ErrNotFound if there is none.
+func (q *Queue) Get(ctx context.Context, id int64) (Step, error) {
+	var (
+		s                               Step
+		payload, result, lastErr        []byte
+		timeoutMS                       pgtype.Int4
+		state                           string
+		attempts, maxAttempts           int32
+		claimedBy                       pgtype.Text
+		claimedAt, completedAt, visible pgtype.Timestamptz
+	)
+	err := q.pool.QueryRow(ctx, getSQL, id).Scan(&s.ID, &s.Queue, &s.StepUUID, &s.TaskUUID, &s.CorrelationID,
+		&s.Handler, &payload, &timeoutMS, &state, &attempts, &maxAttempts, &visible, &s.EnqueuedAt,
+		&s.ClaimToken, &claimedBy, &claimedAt, &completedAt, &result, &lastErr)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Step{}, fmt.Errorf("get step %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Step{}, fmt.Errorf("get step %d: %w", id, err)
+	}
+	s.Payload, s.Result, s.LastError = payload, result, lastErr
+	if timeoutMS.Valid {
+		s.Timeout = time.Duration(timeoutMS.Int32) * time.Millisecond
+	}
+	s.State = State(state)
+	s.Attempts, s.MaxAttempts = int(attempts), int(maxAttempts)
+	s.VisibleAt, s.ClaimedBy, s.ClaimedAt, s.CompletedAt = visible.Time, claimedBy.String, claimedAt.Time, completedAt.Time
+	return s, nil
+}
+
+const purgeSQL = `
+DELETE FROM tasker_steps
+WHERE id IN (
+	SELECT id FROM tasker_steps
+	WHERE state = 'completed' AND completed_at < now() - $1::bigint * interval '1 microsecond'
+	LIMIT $2
+)`
+
+// PurgeCompleted deletes up to limit completed steps older than olderThan
+// and returns how many it deleted. Dead steps are never purged (someone has
+// to look at them). Completed rows otherwise accumulate forever; an operator
+// or a periodic job calls this in bounded batches so it never holds long
+// locks.
+func (q *Queue) PurgeCompleted(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
+	if limit <= 0 {
+		return 0, nil
+	}
+	tag, err := q.pool.Exec(ctx, purgeSQL, olderThan.Microseconds(), limit)
+	if err != nil {
+		return 0, fmt.Errorf("purge completed steps older than %v: %w", olderThan, err)
+	}
+	return tag.RowsAffected(), nil
+}
