@@ -1,0 +1,328 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/seed-a17b38e7/workerpool-operator/internal/pgtest"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
+)
+
+// These tests run the real tasker-worker binary as separate processes, so
+// that kill -9 and SIGTERM are the real thing. The binary comes from
+// $TASKER_WORKER_BIN (make test builds it) or is built here.
+
+var workerBin string
+
+func TestMain(m *testing.M) {
+	workerBin = os.Getenv("TASKER_WORKER_BIN")
+	if workerBin == "" {
+		dir, err := os.MkdirTemp("", "tasker-worker-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		workerBin = filepath.Join(dir, "tasker-worker")
+		if out, err := exec.Command("go", "build", "-race", "-o", workerBin, ".").CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build tasker-worker: %v\n%s", err, out)
+			os.Exit(1)
+		}
+		defer os.RemoveAll(dir)
+	}
+	code := pgtest.Run(m, pgtest.Options{})
+	os.Exit(code)
+}
+
+type env struct {
+	dsn  string
+	pool *pgxpool.Pool
+	q    *queue.Queue
+	dir  string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	dsn := pgtest.NewDatabase(t)
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := queue.Migrate(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.New(pool, queue.Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{dsn: dsn, pool: pool, q: q, dir: t.TempDir()}
+}
+
+// proc is a running worker process.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startProc runs `tasker-worker run` with a worker.toml made of toml.
+func startProc(t *testing.T, e *env, name, toml string, sysattr *syscall.SysProcAttr) *proc {
+	t.Helper()
+	path := filepath.Join(e.dir, name+".toml")
+	if err := os.WriteFile(path, []byte(toml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(workerBin, "run")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dsn, "TASKER_CONFIG_PATH="+path, "POD_NAME="+name)
+	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	cmd.SysProcAttr = sysattr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, p.out.String())
+		}
+	})
+	return p
+}
+
+// wait returns the process's exit error, failing the test after timeout.
+func (p *proc) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err // keep it for cleanup
+		return err
+	case <-time.After(timeout):
+		t.Fatalf("process did not exit within %v", timeout)
+		return nil
+	}
+}
+
+func workerTOML(extra string) string {
+	return `
+[worker.mpsc_channels.handler_dispatch]
+max_concurrent_handlers = 8
+[worker.queue]
+namespaces = ["default"]
+visibility_timeout_ms = 1500
+heartbeat_interval_ms = 300
+batch_size = 20
+poll_interval_ms = 50
+[worker.drain]
+timeout_ms = 20000
+[worker.http]
+listen_address = "127.0.0.1:0"
+` + extra
+}
+
+func eventually(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
+
+func stateCounts(t *testing.T, e *env) map[string]int {
+	t.Helper()
+	rows, err := e.pool.Query(context.Background(), `SELECT state, count(*) FROM tasker_steps GROUP BY state`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var s string
+		var n int
+		if err := rows.Scan(&s, &n); err != nil {
+			t.Fatal(err)
+		}
+		out[s] = n
+	}
+	return out
+}
+
+func enqueueSleeps(t *testing.T, e *env, n int, ms int) {
+	t.Helper()
+	steps := make([]queue.NewStep, n)
+	for i := range steps {
+		steps[i] = queue.NewStep{Queue: "default", Handler: "sleep", Payload: []byte(fmt.Sprintf(`{"ms":%d}`, ms)), MaxAttempts: 5}
+	}
+	if _, err := e.q.Enqueue(context.Background(), steps); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func maxAttempts(t *testing.T, e *env) (maxA, redelivered int) {
+	t.Helper()
+	if err := e.pool.QueryRow(context.Background(),
+		`SELECT coalesce(max(attempts),0), count(*) FILTER (WHERE attempts > 1) FROM tasker_steps`).Scan(&maxA, &redelivered); err != nil {
+		t.Fatal(err)
+	}
+	return maxA, redelivered
+}
+
+// kill -9 a worker in the middle of a run, start another: every step
+// completes, none is lost or dead.
+func TestKill9MidRunLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	const n = 200
+	enqueueSleeps(t, e, n, 100)
+	a := startProc(t, e, "worker-a", workerTOML(""), nil)
+	eventually(t, "worker-a to complete some steps while holding others", 60*time.Second, func() bool {
+		c := stateCounts(t, e)
+		return c["completed"] >= 20 && c["claimed"] > 0
+	})
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.wait(t, 10*time.Second)
+	held := stateCounts(t, e)["claimed"]
+	if held == 0 {
+		t.Fatal("worker-a held no claims when killed; the test proves nothing")
+	}
+	startProc(t, e, "worker-b", workerTOML(""), nil)
+	eventually(t, "every step completed after the crash", 2*time.Minute, func() bool { return stateCounts(t, e)["completed"] == n })
+	_, redelivered := maxAttempts(t, e)
+	if redelivered < held {
+		t.Fatalf("%d steps redelivered, but worker-a held %d when killed", redelivered, held)
+	}
+	t.Logf("killed with %d claims held; all %d steps completed; %d redelivered", held, n, redelivered)
+}
+
+// SIGTERM drains: the worker stops claiming, finishes what runs, exits 0, and
+// no step is ever redelivered.
+func TestSIGTERMDrainRedeliversNothing(t *testing.T) {
+	e := newEnv(t)
+	const n = 100
+	enqueueSleeps(t, e, n, 300)
+	a := startProc(t, e, "worker-a", workerTOML(""), nil)
+	eventually(t, "steps in flight", 60*time.Second, func() bool { return stateCounts(t, e)["claimed"] > 0 })
+	start := time.Now()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("worker-a exited with %v after SIGTERM, want exit 0", err)
+	}
+	took := time.Since(start)
+	if c := stateCounts(t, e); c["claimed"] != 0 {
+		t.Fatalf("%d steps still claimed after a clean drain", c["claimed"])
+	}
+	if !strings.Contains(a.out.String(), `"drained"`) {
+		t.Fatal("no drain log line")
+	}
+	startProc(t, e, "worker-b", workerTOML(""), nil)
+	eventually(t, "all steps completed", 2*time.Minute, func() bool { return stateCounts(t, e)["completed"] == n })
+	if maxA, redelivered := maxAttempts(t, e); maxA != 1 || redelivered != 0 {
+		t.Fatalf("max attempts %d, %d redelivered: the drain lost or re-ran work", maxA, redelivered)
+	}
+	t.Logf("drained and exited 0 in %v", took.Round(time.Millisecond))
+}
+
+// As PID 1 of its own PID namespace (as in a container), the worker still
+// handles SIGTERM itself and exits 0.
+func TestSIGTERMAsPID1(t *testing.T) {
+	e := newEnv(t)
+	p := startProc(t, e, "pid1", workerTOML(""), &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID})
+	eventually(t, "worker running", 60*time.Second, func() bool { return strings.Contains(p.out.String(), "worker running") })
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("PID 1 worker exited with %v after SIGTERM", err)
+	}
+}
+
+func TestConfigValidateNamesTheKey(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("[worker.queue]\nbatch_size = 0\nbogus = 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(workerBin, "config", "validate", bad).CombinedOutput()
+	if err == nil {
+		t.Fatalf("invalid config accepted:\n%s", out)
+	}
+	for _, want := range []string{"worker.queue.bogus", "worker.queue.batch_size = 0", "between 1 and 10000"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("error output lacks %q:\n%s", want, out)
+		}
+	}
+	good := filepath.Join(dir, "good.toml")
+	if err := os.WriteFile(good, []byte(workerTOML("")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(workerBin, "config", "validate", good).CombinedOutput(); err != nil {
+		t.Fatalf("valid config refused: %v\n%s", err, out)
+	}
+}
+
+func TestEnqueueAndStatsCommands(t *testing.T) {
+	e := newEnv(t)
+	run := func(args ...string) string {
+		cmd := exec.Command(workerBin, args...)
+		cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dsn)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := run("migrate"); !strings.Contains(out, "queue schema at version") {
+		t.Fatalf("migrate: %s", out)
+	}
+	if out := run("enqueue", "--queue", "payments", "--handler", "echo", "--payload", `{"x":1}`, "--count", "25"); !strings.Contains(out, "enqueued 25 steps") {
+		t.Fatalf("enqueue: %s", out)
+	}
+	lines := filepath.Join(e.dir, "steps.jsonl")
+	if err := os.WriteFile(lines, []byte(`{"queue":"payments","handler":"sleep","payload":{"ms":1},"timeout_ms":5000}`+"\n"+`{"handler":"noop"}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := run("enqueue", "--file", lines); !strings.Contains(out, "enqueued 2 steps") {
+		t.Fatalf("enqueue --file: %s", out)
+	}
+	out := run("stats")
+	if !strings.Contains(out, "payments") || !strings.Contains(out, "26") || !strings.Contains(out, "default") {
+		t.Fatalf("stats:\n%s", out)
+	}
+}

@@ -1,0 +1,228 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/seed-a17b38e7/workerpool-operator/internal/config"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/dispatch"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/handlers"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/pgtest"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// env is one test's database with the queue schema applied.
+type env struct {
+	dsn  string
+	pool *pgxpool.Pool
+	q    *queue.Queue
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	dsn := pgtest.NewDatabase(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := queue.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.New(pool, queue.Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{dsn: dsn, pool: pool, q: q}
+}
+
+// testConfig is a worker.toml tuned for fast tests.
+func testConfig(id string) config.Config {
+	c := config.Default()
+	c.Worker.WorkerID = id
+	c.Worker.Queue.Namespaces = []string{"default"}
+	c.Worker.Queue.PollIntervalMS = 50
+	c.Worker.Queue.BatchSize = 50
+	c.Worker.Drain.TimeoutMS = 5000
+	return c
+}
+
+// running is a worker started by startWorker.
+type running struct {
+	w      *Worker
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// stop cancels the worker (as SIGTERM would) and returns Run's error.
+func (r *running) stop(t testing.TB) error {
+	t.Helper()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		return err
+	case <-time.After(60 * time.Second):
+		t.Fatal("worker did not stop within 60s")
+		return nil
+	}
+}
+
+func (r *running) url(path string) string { return "http://" + r.w.Addr().String() + path }
+
+func startWorker(t *testing.T, e *env, cfg config.Config, reg *dispatch.Registry) *running {
+	t.Helper()
+	if reg == nil {
+		reg = dispatch.NewRegistry()
+		if err := handlers.Register(reg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	w, err := New(ctx, Options{Config: cfg, DatabaseURL: e.dsn, Handlers: reg, Listener: ln,
+		Logger: testr.NewWithOptions(t, testr.Options{Verbosity: 0}), Version: "test",
+		Backoff: []time.Duration{20 * time.Millisecond, 40 * time.Millisecond}, Jitter: queue.NoJitter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	r := &running{w: w, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- w.Run(rctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-r.done
+	})
+	eventually(t, "worker ready", 30*time.Second, func() bool { return httpStatus(r.url("/readyz")) == 200 })
+	return r
+}
+
+func eventually(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
+
+func httpStatus(url string) int {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+func httpBody(t testing.TB, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func enqueue(t testing.TB, q *queue.Queue, n int, handler string, payload string, mutate func(*queue.NewStep)) []queue.EnqueuedStep {
+	t.Helper()
+	var out []queue.EnqueuedStep
+	for i := 0; i < n; i += 2000 {
+		batch := make([]queue.NewStep, 0, min(2000, n-i))
+		for range min(2000, n-i) {
+			s := queue.NewStep{Queue: "default", Handler: handler, Payload: json.RawMessage(payload)}
+			if mutate != nil {
+				mutate(&s)
+			}
+			batch = append(batch, s)
+		}
+		res, err := q.Enqueue(context.Background(), batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, res...)
+	}
+	return out
+}
+
+// counts reads step counts by state from the database.
+func counts(t testing.TB, e *env) map[string]int {
+	t.Helper()
+	rows, err := e.pool.Query(context.Background(), `SELECT state, count(*) FROM tasker_steps GROUP BY state`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var s string
+		var n int
+		if err := rows.Scan(&s, &n); err != nil {
+			t.Fatal(err)
+		}
+		out[s] = n
+	}
+	return out
+}
+
+// runCounter is a handler that counts executions per step.
+type runCounter struct {
+	mu   sync.Mutex
+	runs map[string]int
+}
+
+func newRunCounter() *runCounter { return &runCounter{runs: map[string]int{}} }
+
+func (c *runCounter) Handle(_ context.Context, s *dispatch.StepMessage) (json.RawMessage, error) {
+	c.mu.Lock()
+	c.runs[s.StepUUID]++
+	c.mu.Unlock()
+	return nil, nil
+}
+
+func (c *runCounter) duplicates() (distinct, dup int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.runs {
+		if n > 1 {
+			dup++
+		}
+	}
+	return len(c.runs), dup
+}
+
+func metricLine(t testing.TB, body, name string) string {
+	t.Helper()
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, name+" ") || strings.HasPrefix(l, name+"{") {
+			return l
+		}
+	}
+	t.Fatalf("metric %s not exported", name)
+	return ""
+}

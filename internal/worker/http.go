@@ -1,0 +1,47 @@
+package worker
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Handler serves /metrics, /healthz (the process is alive) and /readyz (the
+// queue is reachable and dispatch is running; 503 while draining, so the pod
+// leaves its Service before it stops).
+func (w *Worker) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{Registry: w.reg}))
+	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) {
+		rw.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = rw.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if reason := w.notReady(r.Context()); reason != "" {
+			rw.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = rw.Write([]byte(reason + "\n"))
+			return
+		}
+		_, _ = rw.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// notReady says why the worker should not receive traffic, or "".
+func (w *Worker) notReady(ctx context.Context) string {
+	switch {
+	case w.draining.Load():
+		return "draining"
+	case !w.started.Load():
+		return "starting"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := w.pool.Ping(ctx); err != nil {
+		return "queue database unreachable: " + err.Error()
+	}
+	return ""
+}

@@ -1,0 +1,173 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/seed-a17b38e7/workerpool-operator/internal/dispatch"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
+)
+
+// intake claims steps while load shedding allows and feeds them to the
+// dispatch channel, until ctx ends. It wakes on LISTEN/NOTIFY, on freed
+// capacity (when it had to stop for capacity) and on the poll interval.
+func (w *Worker) intake(ctx context.Context) {
+	qc := w.cfg.Worker.Queue
+	listener := w.queue.Listen(ctx, qc.Namespaces)
+	defer listener.Close()
+	poll := time.NewTicker(qc.PollInterval())
+	defer poll.Stop()
+	backoff := qc.PollInterval()
+	for ctx.Err() == nil {
+		room := w.room()
+		if room > 0 {
+			steps, err := w.queue.Claim(ctx, qc.Namespaces, w.id, room, qc.VisibilityTimeout())
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				w.log.Error(err, "claiming steps failed; retrying", "backoff", backoff)
+				if !sleepCtx(ctx, backoff) {
+					return
+				}
+				backoff = min(2*backoff, 10*time.Second)
+				continue
+			}
+			backoff = qc.PollInterval()
+			if !w.feed(ctx, steps) {
+				return
+			}
+			if len(steps) == room {
+				continue // a full batch: more is probably waiting
+			}
+		}
+		// Freed capacity matters only when capacity was what stopped us;
+		// otherwise the queue is empty and we wait for a notification.
+		var freed <-chan struct{}
+		if room == 0 {
+			freed = w.capacityFreed
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-listener.C():
+		case <-poll.C:
+		case <-freed:
+		}
+	}
+}
+
+// room is how many steps may be claimed now: nothing while load shedding
+// refuses, else at most a batch, no more than the dispatch buffer can take,
+// and no more than the permits below the refuse threshold minus every claim
+// still held (waiting, running or being settled). Counting held claims
+// rather than channel and semaphore occupancy is exact: a step the dispatch
+// loop has just taken is momentarily in neither.
+func (w *Worker) room() int {
+	if !w.checker.CanAccept() {
+		return 0
+	}
+	limit := w.checker.Headroom() + w.svc.InFlight() // permits below the refuse threshold
+	return max(0, min(w.cfg.Worker.Queue.BatchSize, cap(w.dispatchCh)-len(w.dispatchCh), limit-w.claims.len()))
+}
+
+// feed hands claimed steps to the dispatch core. If ctx ends first, the steps
+// not yet handed over go straight back to the queue.
+func (w *Worker) feed(ctx context.Context, steps []queue.ClaimedStep) bool {
+	w.claims.add(steps)
+	for i, s := range steps {
+		select {
+		case w.dispatchCh <- message(s):
+		case <-ctx.Done():
+			rest := make([]dispatch.StepMessage, 0, len(steps)-i)
+			for _, r := range steps[i:] {
+				rest = append(rest, message(r))
+			}
+			if err := w.release(rest); err != nil {
+				w.log.Error(err, "returning claimed steps at shutdown")
+			}
+			return false
+		}
+	}
+	return true
+}
+
+// message turns a claimed queue row into what a handler receives.
+func message(s queue.ClaimedStep) dispatch.StepMessage {
+	m := dispatch.StepMessage{
+		EventID:  eventID(s.Claim()),
+		StepUUID: s.StepUUID.String(),
+		TaskUUID: s.TaskUUID.String(),
+		Handler:  s.Handler,
+		Payload:  s.Payload,
+		Attempt:  s.Attempt,
+		Timeout:  s.Timeout,
+		Receipt:  dispatch.Receipt{ID: s.ID, Token: s.Token},
+	}
+	if !s.CorrelationID.IsZero() {
+		m.CorrelationID = s.CorrelationID.String()
+	}
+	if s.Timeout > 0 {
+		m.TimeoutMs = s.Timeout.Milliseconds()
+	}
+	return m
+}
+
+// heartbeat extends the visibility of every held claim each heartbeat
+// interval, so a long handler keeps its step. A claim that was lost (it
+// expired and another worker took it) is dropped; its result will be fenced.
+func (w *Worker) heartbeat(ctx context.Context) {
+	qc := w.cfg.Worker.Queue
+	t := time.NewTicker(qc.HeartbeatInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		claims := w.claims.snapshot()
+		if len(claims) == 0 {
+			continue
+		}
+		lost, err := w.queue.Extend(ctx, claims, qc.VisibilityTimeout())
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Error(err, "heartbeat failed; claims may expire", "claims", len(claims))
+			}
+			continue
+		}
+		if len(lost) > 0 {
+			w.claims.remove(lost...)
+			w.log.Info("claims lost before their results were settled; the steps were re-claimed elsewhere", "lost", len(lost))
+		}
+	}
+}
+
+// refreshStats keeps the queue depth and oldest-age gauges current.
+func (w *Worker) refreshStats(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		if err := w.queue.RefreshStats(ctx); err != nil && ctx.Err() == nil {
+			w.log.V(1).Info("refreshing queue stats failed", "error", err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sleepCtx waits d or until ctx ends, reporting whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,334 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/seed-a17b38e7/workerpool-operator/internal/config"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/dispatch"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
+)
+
+// Options assemble a worker. Config and DatabaseURL are required.
+type Options struct {
+	// Config is the parsed worker.toml.
+	Config config.Config
+	// DatabaseURL is the queue's PostgreSQL DSN (env DATABASE_URL).
+	DatabaseURL string
+	// Handlers runs the steps; nil means an empty registry.
+	Handlers *dispatch.Registry
+	// Callback, when set, is the post-handler (domain event) hook.
+	Callback dispatch.PostHandlerCallback
+	// Logger receives the worker's logs.
+	Logger logr.Logger
+	// Version is reported in tasker_worker_info.
+	Version string
+	// Listener, when set, serves HTTP instead of listening on
+	// Config.Worker.HTTP.ListenAddress (tests pass one on port 0).
+	Listener net.Listener
+	// Migrate applies the queue schema at start (idempotent and safe with
+	// several workers starting at once).
+	Migrate bool
+	// Backoff and Jitter override the queue's retry schedule (tests).
+	Backoff []time.Duration
+	Jitter  func() float64
+}
+
+// Worker is one running worker process's core.
+type Worker struct {
+	cfg     config.Config
+	id      string
+	log     logr.Logger
+	pool    *pgxpool.Pool
+	queue   *queue.Queue
+	reg     *prometheus.Registry
+	ln      net.Listener
+	claims  *claimSet
+	version string
+
+	dispatchCh    chan dispatch.StepMessage
+	completionCh  chan *dispatch.Completion
+	svc           *dispatch.HandlerDispatchService
+	checker       *dispatch.CapacityChecker
+	proc          *dispatch.CompletionProcessor
+	monitors      []*dispatch.ChannelMonitor
+	capacityFreed chan struct{}
+
+	started  atomic.Bool
+	draining atomic.Bool
+	runOnce  sync.Once
+}
+
+// New connects to the database and assembles a worker without starting it.
+func New(ctx context.Context, opts Options) (*Worker, error) {
+	cfg := opts.Config
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("worker config: %w", err)
+	}
+	if opts.DatabaseURL == "" {
+		return nil, fmt.Errorf("database: %s is empty: want a PostgreSQL URL such as postgres://user@host:5432/db", config.EnvDatabaseURL)
+	}
+	if cfg.Worker.WorkerID == "" {
+		if err := cfg.FillWorkerID(); err != nil {
+			return nil, fmt.Errorf("worker id: %w", err)
+		}
+	}
+	log := opts.Logger.WithValues("workerId", cfg.Worker.WorkerID)
+	hd := cfg.Worker.MPSCChannels.HandlerDispatch
+	pcfg, err := pgxpool.ParseConfig(opts.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("database: parse %s: %w", config.EnvDatabaseURL, err)
+	}
+	// Claims, settles, heartbeats and stats share the pool; the listener has
+	// its own connection.
+	pcfg.MaxConns = int32(max(4, min(16, hd.MaxConcurrentHandlers/8+4)))
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("database: connect: %w", err)
+	}
+	w := &Worker{
+		cfg: cfg, id: cfg.Worker.WorkerID, log: log, pool: pool, claims: newClaimSet(), version: opts.Version,
+		dispatchCh:    make(chan dispatch.StepMessage, hd.DispatchBufferSize),
+		completionCh:  make(chan *dispatch.Completion, hd.CompletionBufferSize),
+		capacityFreed: make(chan struct{}, 1),
+		reg:           prometheus.NewRegistry(),
+	}
+	if err := w.assemble(ctx, opts); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// assemble builds the queue, dispatch core and metrics, and opens the HTTP
+// listener (so a port clash fails at start, not later).
+func (w *Worker) assemble(ctx context.Context, opts Options) error {
+	if opts.Migrate {
+		if err := queue.Migrate(ctx, w.pool); err != nil {
+			return fmt.Errorf("migrate queue schema: %w", err)
+		}
+	}
+	qc := w.cfg.Worker.Queue
+	q, err := queue.New(w.pool, queue.Options{Queues: qc.Namespaces, MaxAttempts: qc.MaxAttempts,
+		Backoff: opts.Backoff, Jitter: opts.Jitter, Logger: w.log.WithName("queue")}, w.reg)
+	if err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	w.queue = q
+	m, err := dispatch.NewMetrics(w.reg)
+	if err != nil {
+		return err
+	}
+	hd := w.cfg.Worker.MPSCChannels.HandlerDispatch
+	handlers := opts.Handlers
+	if handlers == nil {
+		handlers = dispatch.NewRegistry()
+	}
+	w.svc = dispatch.NewHandlerDispatchService(dispatch.ServiceConfig{
+		WorkerID:              w.id,
+		MaxConcurrentHandlers: hd.MaxConcurrentHandlers,
+		HandlerTimeout:        hd.HandlerTimeout(),
+		CompletionSendTimeout: hd.CompletionSendTimeout(),
+		Callback:              opts.Callback,
+		CallbackStrategy:      dispatch.CallbackStrategy(w.cfg.Worker.MPSCChannels.FFIDispatch.CallbackStrategy),
+		CallbackTimeout:       w.cfg.Worker.MPSCChannels.FFIDispatch.CallbackTimeout(),
+	}, handlers, w.dispatchCh, w.completionCh, m, w.log.WithName("dispatch"))
+	ls := w.cfg.Worker.LoadShedding
+	w.checker = dispatch.NewCapacityChecker(w.svc.Semaphore(), float64(ls.WarningThresholdPercent), float64(ls.RefuseThresholdPercent), w.log.WithName("capacity"))
+	w.proc = dispatch.NewCompletionProcessor(dispatch.ProcessorConfig{}, w.completionCh, w, m, w.log)
+	w.monitors = []*dispatch.ChannelMonitor{
+		dispatch.NewChannelMonitor("dispatch", func() int { return len(w.dispatchCh) }, cap(w.dispatchCh),
+			hd.SaturationWarningThreshold, hd.SaturationCriticalThreshold, w.log),
+		dispatch.NewChannelMonitor("completion", func() int { return len(w.completionCh) }, cap(w.completionCh),
+			hd.SaturationWarningThreshold, hd.SaturationCriticalThreshold, w.log),
+	}
+	if err := w.registerMetrics(); err != nil {
+		return err
+	}
+	w.ln = opts.Listener
+	if w.ln == nil {
+		if w.ln, err = net.Listen("tcp", w.cfg.Worker.HTTP.ListenAddress); err != nil {
+			return fmt.Errorf("listen on worker.http.listen_address %q: %w", w.cfg.Worker.HTTP.ListenAddress, err)
+		}
+	}
+	return nil
+}
+
+func (w *Worker) registerMetrics() error {
+	for _, mon := range w.monitors {
+		if err := mon.Register(w.reg); err != nil {
+			return fmt.Errorf("register channel metrics: %w", err)
+		}
+	}
+	if err := w.svc.RegisterMetrics(w.reg); err != nil {
+		return err
+	}
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tasker_worker_info", Help: "Always 1; labels identify the worker build and id.",
+		ConstLabels: prometheus.Labels{"version": w.version, "worker_id": w.id},
+	})
+	info.Set(1)
+	for _, c := range []prometheus.Collector{
+		info,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tasker_worker_claims_held", Help: "Claims held and not yet settled (kept alive by heartbeats)."},
+			func() float64 { return float64(w.claims.len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tasker_worker_draining", Help: "1 while the worker drains after SIGTERM."},
+			func() float64 { return b2f(w.draining.Load()) }),
+	} {
+		if err := w.reg.Register(c); err != nil {
+			return fmt.Errorf("register worker metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Addr is the address the HTTP endpoints listen on.
+func (w *Worker) Addr() net.Addr { return w.ln.Addr() }
+
+// Queue exposes the worker's queue (tools and tests enqueue through it).
+func (w *Worker) Queue() *queue.Queue { return w.queue }
+
+// Registry is the worker's metrics registry.
+func (w *Worker) Registry() *prometheus.Registry { return w.reg }
+
+// Run serves until ctx ends (SIGTERM), then drains: it stops claiming,
+// reports not ready, returns unstarted steps to the queue at once, lets
+// running handlers finish within the drain timeout, settles their results
+// and returns. A nil error means nothing was left behind.
+func (w *Worker) Run(ctx context.Context) error {
+	ran := false
+	w.runOnce.Do(func() { ran = true })
+	if !ran {
+		return errors.New("worker: Run called twice")
+	}
+	defer w.pool.Close()
+	bg, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
+
+	svcDone := make(chan struct{})
+	go func() { defer close(svcDone); _ = w.svc.Run(bg) }()
+	procCtx, stopProc := context.WithCancel(context.Background())
+	defer stopProc()
+	procDone := make(chan error, 1)
+	go func() { procDone <- w.proc.Run(procCtx) }()
+	for _, mon := range w.monitors {
+		go mon.Watch(bg, 0)
+	}
+	go w.heartbeat(bg)
+	go w.refreshStats(bg)
+	srv := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(w.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			w.log.Error(err, "metrics server stopped")
+		}
+	}()
+	intakeDone := make(chan struct{})
+	go func() { defer close(intakeDone); w.intake(ctx) }()
+	w.started.Store(true)
+	w.log.Info("worker running", "queues", w.cfg.Worker.Queue.Namespaces, "maxConcurrentHandlers", w.svc.Semaphore().Capacity(),
+		"listen", w.ln.Addr().String())
+
+	<-ctx.Done()
+	err := w.drain(intakeDone, procDone, stopProc)
+	<-svcDone
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdownCtx)
+	return err
+}
+
+// drain is the SIGTERM path; see Run.
+func (w *Worker) drain(intakeDone <-chan struct{}, procDone <-chan error, stopProc context.CancelFunc) error {
+	w.draining.Store(true)
+	start := time.Now()
+	timeout := w.cfg.Worker.Drain.Timeout()
+	w.log.Info("draining: stopped claiming", "drainTimeout", timeout, "inFlight", w.svc.InFlight())
+	<-intakeDone
+	drainCtx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	rep, shutErr := w.svc.Shutdown(drainCtx)
+	var errs []error
+	if len(rep.Unstarted) > 0 {
+		if err := w.release(rep.Unstarted); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if shutErr != nil {
+		w.log.Info("drain deadline passed; cancelled running handlers", "cancelled", rep.Cancelled)
+	}
+	// Handlers that ignore cancellation get a short grace; whatever is still
+	// running after it stays claimed and is redelivered when its claim expires.
+	if waitFor(w.svc.Wait, 5*time.Second) {
+		close(w.completionCh) // every producer is done: the processor flushes and returns
+	} else {
+		errs = append(errs, errors.New("handlers still running after the drain deadline; their steps will be redelivered"))
+		time.AfterFunc(5*time.Second, stopProc) // flush what is there, then stop
+	}
+	select {
+	case err := <-procDone:
+		if err != nil {
+			errs = append(errs, err)
+		}
+	case <-time.After(15 * time.Second):
+		stopProc()
+		if err := <-procDone; err != nil {
+			errs = append(errs, err)
+		}
+	}
+	w.log.Info("drained", "took", time.Since(start), "returnedToQueue", len(rep.Unstarted), "stillClaimed", w.claims.len())
+	return errors.Join(errs...)
+}
+
+// release returns never-started steps to the queue at once.
+func (w *Worker) release(msgs []dispatch.StepMessage) error {
+	claims := make([]queue.Claim, len(msgs))
+	for i, m := range msgs {
+		claims[i] = receiptClaim(m.Receipt)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := w.queue.Release(ctx, claims); err != nil {
+		return fmt.Errorf("return %d unstarted steps to the queue (they will reappear when their claims expire): %w", len(claims), err)
+	}
+	w.claims.remove(claims...)
+	return nil
+}
+
+// waitFor runs wait and reports whether it returned within d.
+func waitFor(wait func(), d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// eventID names one dispatch (one attempt) of a step: the row and its claim
+// token, which is unique per claim.
+func eventID(c queue.Claim) string {
+	return strconv.FormatInt(c.ID, 10) + "." + strconv.FormatInt(c.Token, 10)
+}
