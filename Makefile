@@ -11,6 +11,9 @@ GOFMT ?= $(shell $(GO) env GOROOT)/bin/gofmt
 TOOLS = $(GO) tool -modfile=$(CURDIR)/hack/tools/go.mod
 # Where `make build` puts binaries.
 BIN ?= $(CURDIR)/bin
+# Version stamped into tasker-worker and libtaskerworker.so.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS = -X github.com/seed-a17b38e7/workerpool-operator/pkg/taskerworker.Version=$(VERSION)
 
 # Go files to format: tracked ones plus new files not yet added (ignored files
 # excluded); $(wildcard) below drops tracked files deleted from the work tree.
@@ -50,13 +53,25 @@ vet: ## Run go vet on every package
 ##@ Build
 
 .PHONY: build
-build: ## Build tasker-worker (and the operator, once cmd/manager exists) into BIN (default bin/)
+build: lib ## Build tasker-worker, libtaskerworker.so (and the operator, once cmd/manager exists) into BIN (default bin/)
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/tasker-worker ./cmd/tasker-worker
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/tasker-worker ./cmd/tasker-worker
 	@if [ -d cmd/manager ]; then \
 		echo "$(GO) build -o $(BIN)/manager ./cmd/manager"; \
 		$(GO) build -o $(BIN)/manager ./cmd/manager; \
 	fi
+
+.PHONY: lib
+lib: ## Build the C ABI for foreign handlers: BIN/libtaskerworker.so and its header BIN/taskerworker.h
+	@mkdir -p $(BIN)
+	$(GO) build -buildmode=c-shared -ldflags "$(LDFLAGS)" -o $(BIN)/libtaskerworker.so ./cmd/libtaskerworker
+	cp cmd/libtaskerworker/taskerworker.h $(BIN)/taskerworker.h
+
+##@ Run
+
+.PHONY: run-worker
+run-worker: test-deps build ## Run a worker end to end: local PostgreSQL, a stream of steps, live queue stats, SIGTERM drain
+	BIN=$(BIN) bash hack/run-worker.sh
 
 ##@ Test
 
@@ -64,18 +79,32 @@ build: ## Build tasker-worker (and the operator, once cmd/manager exists) into B
 test-deps: ## Install what the tests need from Debian (PostgreSQL 15, C toolchain) if missing
 	@bash hack/install-test-deps.sh
 
-# Tests that exercise the real worker binary find it through this variable.
+# Tests that exercise the real worker binary and the C ABI library (the
+# Python and Ruby binding suites in bindings/) find them through these.
 test: export TASKER_WORKER_BIN := $(BIN)/tasker-worker
+test: export TASKERWORKER_LIB := $(BIN)/libtaskerworker.so
 
 .PHONY: test
 test: test-deps build ## Run the whole test suite with -race, then fuzz the config parser briefly
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/config/
 
+# The FFI round-trip benchmarks run the real library and worker binary.
+bench: export TASKER_WORKER_BIN := $(BIN)/tasker-worker
+bench: export TASKERWORKER_LIB := $(BIN)/libtaskerworker.so
+
 .PHONY: bench
-bench: test-deps ## Run the benchmarks behind docs/benchmarks.md (dispatch ratio, queue)
+bench: test-deps build ## Run the benchmarks behind docs/benchmarks.md (dispatch ratio, queue, FFI round trip, worker runtime)
 	bash hack/bench-ratio.sh ./internal/dispatch Dispatch BarePipeline 10 300000x
 	$(GO) test -run='^$$' -bench=. -benchmem ./internal/queue/
+	$(GO) test -run='^$$' -bench='^BenchmarkDispatch$$' -benchtime=300000x -count=3 ./internal/dispatch/
+	$(GO) test -run='^$$' -bench=PollComplete -benchtime=30000x -count=5 ./internal/ffi/
+	$(GO) test -run='^$$' -bench=RoundTrip -benchtime=30000x -count=3 ./bindings/
+	@echo "Past 65536 completions (FFI settled-memory compaction, docs/benchmarks.md):"
+	$(GO) test -run='^$$' -bench=PollComplete/struct -benchtime=200000x ./internal/ffi/
+	$(GO) test -run='^$$' -bench=RoundTrip/c -benchtime=200000x ./bindings/
+	@echo "Worker runtime on PostgreSQL (end-to-end steps/s vs pgbench, NOTIFY latency, RSS; docs/benchmarks.md):"
+	bash hack/bench-worker.sh 200000 5000 3
 
 ##@ Cleanup
 

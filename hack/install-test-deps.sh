@@ -8,13 +8,17 @@ set -euo pipefail
 # One entry per Debian package: "package" or "package:file". With a file, the
 # package counts as present when that file exists (so a server installed some
 # other way is accepted too); without one, dpkg is asked. Add new test
-# dependencies here, e.g. "ruby:/usr/bin/ruby" "ruby-ffi".
+# dependencies here.
 DEPS=(
   # Server binaries for internal/pgtest's throwaway servers.
   "postgresql-15:/usr/lib/postgresql/15/bin/postgres"
   # go test -race needs cgo, so a C compiler and libc headers.
   "gcc:/usr/bin/gcc"
   "libc6-dev:/usr/include/stdio.h"
+  # Ruby bindings (bindings/ruby) and their minitest suite. Python 3 for the
+  # Python bindings is not installed from Debian: any python3 on $PATH does.
+  "ruby:/usr/bin/ruby"
+  "ruby-ffi"
 )
 
 present() {

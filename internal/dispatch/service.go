@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -15,7 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// maxIdleWorkers caps how many parked handler goroutines are kept for reuse.
+// maxIdleWorkers bounds how many parked handler goroutines are kept for reuse
+// beyond one per permit.
 const maxIdleWorkers = 1024
 
 // Defaults of the native dispatch service (upstream's values).
@@ -93,13 +95,20 @@ type HandlerDispatchService struct {
 
 	slots []atomic.Pointer[stepState] // running step per permit
 	deadlineWatch
-	running     sync.WaitGroup // handler goroutines
-	overdue     atomic.Int64   // handlers still running past their timeout
+	// running counts dispatched steps until their handler goroutine is done
+	// with them. The loop and the handlers write it on every step from
+	// different cores; the padding keeps the read-mostly fields around it
+	// off its cache line.
+	_           [64]byte
+	running     sync.WaitGroup
+	_           [64]byte
+	overdue     atomic.Int64 // handlers still running past their timeout
+	workers     atomic.Int32 // handler goroutines alive, busy or idle
+	maxWorkers  int32
 	stopping    chan struct{}
 	stopOnce    sync.Once
 	watchDone   chan struct{}   // stops the watchdog and idle workers once no handler runs
 	ready       chan *stepState // unbuffered: hand-off to an idle worker
-	idleWorkers atomic.Int32
 	readyOnce   sync.Once
 	interrupt   chan struct{} // closed by Shutdown or Abort: wakes a loop waiting for a permit
 	interruptMu sync.Once
@@ -125,6 +134,7 @@ func NewHandlerDispatchService(cfg ServiceConfig, registry *Registry, dispatch <
 		callbacks: NewCallbackRunner(cfg.Callback, cfg.CallbackStrategy, cfg.CallbackTimeout, cfg.ServiceID, metrics, log),
 		metrics:   metrics, log: log,
 		slots:         make([]atomic.Pointer[stepState], sem.Capacity()),
+		maxWorkers:    int32(min(sem.Capacity()+maxIdleWorkers, math.MaxInt32)),
 		deadlineWatch: deadlineWatch{wake: make(chan struct{}, 1)},
 		ready:         make(chan *stepState),
 		interrupt:     make(chan struct{}),
@@ -169,8 +179,14 @@ func (s *HandlerDispatchService) Run(ctx context.Context) error {
 	defer close(s.loopDone)
 	stop := s.stopping
 	go s.watchdog(s.watchDone)
+	// The message is received straight into the state of the step that will
+	// run it: a message held in a loop variable escaped to the heap (through
+	// held) and cost an extra allocation and copy per step.
+	var st *stepState
 	for {
-		var msg StepMessage
+		if st == nil {
+			st = new(stepState)
+		}
 		var ok bool
 		select {
 		case <-stop:
@@ -178,14 +194,14 @@ func (s *HandlerDispatchService) Run(ctx context.Context) error {
 		default:
 		}
 		select {
-		case msg, ok = <-s.dispatch: // fast path: work is waiting
+		case st.c.Message, ok = <-s.dispatch: // fast path: work is waiting
 		default:
 			select {
 			case <-stop:
 				return nil
 			case <-ctx.Done():
 				return nil
-			case msg, ok = <-s.dispatch:
+			case st.c.Message, ok = <-s.dispatch:
 			}
 		}
 		if !ok {
@@ -193,27 +209,27 @@ func (s *HandlerDispatchService) Run(ctx context.Context) error {
 		}
 		switch p, err := s.sem.acquireOr(s.interrupt); {
 		case err == nil:
-			st := &stepState{svc: s, permit: p}
-			st.c.Message = msg
+			st.permit = p
 			s.slots[p].Store(st)
 			s.running.Add(1)
 			s.start(st)
 		case errors.Is(err, errStopped):
-			s.held = &msg
+			s.held = &st.c.Message
 			return nil
 		default:
-			s.semaphoreFailure(msg)
+			s.semaphoreFailure(st)
 		}
+		st = nil // handed on
 	}
 }
 
 // semaphoreFailure is seed risk 1: a step that cannot get a permit becomes an
 // explicit retryable failure on the completion channel, with its callback.
-func (s *HandlerDispatchService) semaphoreFailure(msg StepMessage) {
+func (s *HandlerDispatchService) semaphoreFailure(st *stepState) {
+	msg := &st.c.Message
 	s.metrics.SemaphoreFailures.Inc()
 	s.log.Error(ErrSemaphoreClosed, "cannot execute handler, generating failure result", "stepUuid", msg.StepUUID)
-	st := &stepState{svc: s, permit: -1}
-	st.c.Message = msg
+	st.permit = -1
 	st.c.Result = FailureResult(msg.StepUUID, "Handler execution failed - semaphore closed during acquisition",
 		ErrorTypeSemaphoreAcquisitionFailed, true, 0,
 		map[string]any{"service_id": s.cfg.ServiceID, "reason": "semaphore closed", "task_uuid": msg.TaskUUID})
@@ -228,16 +244,20 @@ const (
 )
 
 // stepState is everything one dispatched step needs, in one allocation: the
-// message and its completion, the handler's context, and who won the race
-// between the handler and its deadline.
+// message and its completion, the handler's context (which holds the
+// deadline), and who won the race between the handler and its deadline. It
+// is allocated for every step, so it is kept within the 384-byte size class:
+// whatever can be derived (the service, the timeout) is not stored.
 type stepState struct {
-	svc        *HandlerDispatchService
-	c          Completion
-	ctx        stepContext
-	permit     Permit
-	timeout    time.Duration
-	state      atomic.Int32
-	deadlineNs atomic.Int64 // 0 until the handler starts
+	c      Completion
+	ctx    stepContext
+	permit Permit
+	state  atomic.Int32
+	// expiring is held by expire from before it claims the step until the
+	// timeout failure is delivered, so the handler's goroutine, which waits
+	// for it before counting the step done, cannot let Wait return (and the
+	// caller close the completion channel) while that send is under way.
+	expiring sync.Mutex
 }
 
 // start hands a step whose permit is held to an idle handler goroutine, or
@@ -252,22 +272,25 @@ func (s *HandlerDispatchService) start(st *stepState) {
 	select {
 	case s.ready <- st:
 	default:
+		s.workers.Add(1)
 		go s.worker(st)
 	}
 }
 
 // worker runs steps until it is not needed: after each step it waits for the
-// next hand-off, unless enough workers are idle already. Shutdown closes the
-// ready channel, which ends every waiting worker.
+// next hand-off, unless more workers exist than permits plus maxIdleWorkers
+// (a burst of slow completion sends can leave that many behind). Counting
+// workers only when one starts or ends, rather than counting idle ones around
+// every hand-off, keeps shared atomic writes off the per-step path. Shutdown
+// closes the ready channel, which ends every waiting worker.
 func (s *HandlerDispatchService) worker(st *stepState) {
+	defer s.workers.Add(-1)
 	for {
-		st.run()
-		if s.idleWorkers.Add(1) > maxIdleWorkers {
-			s.idleWorkers.Add(-1)
+		s.run(st)
+		if s.workers.Load() > s.maxWorkers {
 			return
 		}
 		next, ok := <-s.ready
-		s.idleWorkers.Add(-1)
 		if !ok {
 			return
 		}
@@ -275,57 +298,88 @@ func (s *HandlerDispatchService) worker(st *stepState) {
 	}
 }
 
-// run executes one handler. The loop has already taken st.permit.
-func (st *stepState) run() {
-	s := st.svc
+// stepTimeout is the step's own timeout if it carries one, else the service's.
+func (s *HandlerDispatchService) stepTimeout(msg *StepMessage) time.Duration {
+	if msg.Timeout > 0 {
+		return msg.Timeout
+	}
+	return s.cfg.HandlerTimeout
+}
+
+// run executes one handler. The loop has already taken st.permit. The
+// uncommon outcomes are handled out of line to keep this frame small: it is
+// on the stack of every handler.
+func (s *HandlerDispatchService) run(st *stepState) {
 	defer s.running.Done()
 	msg := &st.c.Message
 	h, ok := s.registry.Lookup(msg.Handler)
 	if !ok {
-		s.release(st)
-		st.c.Result = FailureResult(msg.StepUUID, "Handler not found: "+msg.Handler, ErrorTypeHandlerNotFound, false, 0, nil)
-		s.deliver(st)
+		s.handlerNotFound(st)
 		return
 	}
-	st.timeout = s.cfg.HandlerTimeout
-	if msg.Timeout > 0 {
-		st.timeout = msg.Timeout
-	}
 	start := time.Now()
-	st.ctx.deadline = start.Add(st.timeout)
-	s.armDeadline(st, st.ctx.deadline.UnixNano())
+	// Deadlines are kept on the monotonic clock, as offsets from monoEpoch,
+	// so a step of the wall clock neither fires nor postpones them.
+	s.armDeadline(st, int64(start.Sub(monoEpoch)+s.stepTimeout(msg)))
 	out, err, panicked := invokeHandler(&st.ctx, h, msg)
 	elapsed := time.Since(start) // monotonic clock only: half the cost of time.Now here
 	if !st.state.CompareAndSwap(stepRunning, stepFinished) {
-		// Timed out: the failure is already delivered; discard this result.
-		s.release(st)
-		s.overdue.Add(-1)
-		s.metrics.LateResults.Inc()
-		s.log.V(1).Info("discarding late handler result", "stepUuid", msg.StepUUID, "elapsed", elapsed)
+		s.discardLate(st, elapsed)
 		return
 	}
 	// Seed risk 3: release the permit before sending the result.
 	s.release(st)
-	if err != nil && errors.Is(err, context.Canceled) && st.ctx.Err() == context.Canceled {
-		err = errors.New("Handler cancelled: worker shutting down before it finished")
-	}
-	fillResult(&st.c.Result, msg, out, err, panicked, elapsed, start.Add(elapsed))
+	fillResult(&st.c.Result, msg, out, s.shutdownError(st, err), panicked, elapsed, start.Add(elapsed))
 	s.deliver(st)
+}
+
+// handlerNotFound fails a step whose handler is not registered.
+//
+//go:noinline
+func (s *HandlerDispatchService) handlerNotFound(st *stepState) {
+	msg := &st.c.Message
+	s.release(st)
+	st.c.Result = FailureResult(msg.StepUUID, "Handler not found: "+msg.Handler, ErrorTypeHandlerNotFound, false, 0, nil)
+	s.deliver(st)
+}
+
+// discardLate drops the result of a handler that returned after its step
+// timed out: expire delivers (or is delivering) the timeout failure.
+//
+//go:noinline
+func (s *HandlerDispatchService) discardLate(st *stepState, elapsed time.Duration) {
+	s.release(st)
+	s.overdue.Add(-1)
+	s.metrics.LateResults.Inc()
+	s.log.V(1).Info("discarding late handler result", "stepUuid", st.c.Message.StepUUID, "elapsed", elapsed)
+	st.expiring.Lock() // wait until expire has handed its failure over
+	st.expiring.Unlock()
+}
+
+// shutdownError rewords the error of a handler that gave up because Shutdown
+// cancelled it.
+func (s *HandlerDispatchService) shutdownError(st *stepState, err error) error {
+	if err != nil && errors.Is(err, context.Canceled) && st.ctx.Err() == context.Canceled {
+		return errors.New("Handler cancelled: worker shutting down before it finished")
+	}
+	return err
 }
 
 // expire runs at the step's deadline. If the handler has not finished, the
 // timeout failure is delivered at once and the handler's context cancelled;
 // the handler keeps its permit until it actually returns, so concurrency
 // stays truly bounded.
-func (st *stepState) expire() {
+func (s *HandlerDispatchService) expire(st *stepState) {
+	st.expiring.Lock()
+	defer st.expiring.Unlock()
 	if !st.state.CompareAndSwap(stepRunning, stepTimedOut) {
 		return
 	}
-	s := st.svc
 	s.overdue.Add(1)
 	st.ctx.cancel(context.DeadlineExceeded)
-	st.c.Result = FailureResult(st.c.Message.StepUUID, fmt.Sprintf("Handler timed out after %dms", st.timeout.Milliseconds()),
-		ErrorTypeHandlerTimeout, true, st.timeout, nil)
+	timeout := s.stepTimeout(&st.c.Message)
+	st.c.Result = FailureResult(st.c.Message.StepUUID, fmt.Sprintf("Handler timed out after %dms", timeout.Milliseconds()),
+		ErrorTypeHandlerTimeout, true, timeout, nil)
 	s.deliver(st)
 }
 
@@ -441,29 +495,7 @@ func SendCompletion(ch chan<- *Completion, c *Completion, timeout time.Duration)
 // running handlers until ctx ends. At that deadline the handlers' contexts
 // are cancelled and counted in the report.
 func (s *HandlerDispatchService) Shutdown(ctx context.Context) (ShutdownReport, error) {
-	s.stopOnce.Do(func() { close(s.stopping) })
-	s.interruptMu.Do(func() { close(s.interrupt) })
-	var rep ShutdownReport
-	if s.started.Load() {
-		<-s.loopDone
-	}
-	s.readyOnce.Do(func() { close(s.ready) }) // the loop, the only sender, has exited
-	if s.held != nil {
-		rep.Unstarted = append(rep.Unstarted, *s.held)
-		s.held = nil
-	}
-	for drained := false; !drained; {
-		select {
-		case msg, ok := <-s.dispatch:
-			if !ok {
-				drained = true
-				break
-			}
-			rep.Unstarted = append(rep.Unstarted, msg)
-		default:
-			drained = true
-		}
-	}
+	rep := ShutdownReport{Unstarted: s.StopIntake()}
 	done := make(chan struct{})
 	go func() { s.Wait(); close(done) }()
 	select {

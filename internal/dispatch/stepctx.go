@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,23 +14,29 @@ import (
 // asks for it, and it has no parent: the service cancels it itself at the
 // step's deadline or at the drain deadline.
 type stepContext struct {
-	deadline time.Time
+	// deadline is a monoEpoch offset, 0 until the handler starts; the
+	// watchdog reads it concurrently.
+	deadline atomic.Int64
 	mu       sync.Mutex
 	done     chan struct{}
 	err      error
-	after    []*afterFunc
+	after    *afterFunc // functions registered through AfterFunc, newest first
 }
 
 // afterFunc is a function registered through AfterFunc.
 type afterFunc struct {
 	f       func()
 	stopped bool
+	next    *afterFunc
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// Deadline is the step's deadline.
-func (c *stepContext) Deadline() (time.Time, bool) { return c.deadline, true }
+// Deadline is the step's deadline. It carries a monotonic reading, so
+// time.Until and comparisons with time.Now are exact.
+func (c *stepContext) Deadline() (time.Time, bool) {
+	return monoEpoch.Add(time.Duration(c.deadline.Load())), true
+}
 
 // Done returns a channel closed when the step is cancelled.
 func (c *stepContext) Done() <-chan struct{} {
@@ -65,8 +72,8 @@ func (c *stepContext) AfterFunc(f func()) (stop func() bool) {
 		go f()
 		return func() bool { return false }
 	}
-	a := &afterFunc{f: f}
-	c.after = append(c.after, a)
+	a := &afterFunc{f: f, next: c.after}
+	c.after = a
 	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -95,7 +102,7 @@ func (c *stepContext) cancel(err error) bool {
 	after := c.after
 	c.after = nil
 	c.mu.Unlock()
-	for _, a := range after {
+	for a := after; a != nil; a = a.next {
 		c.mu.Lock()
 		run := !a.stopped
 		a.stopped = true

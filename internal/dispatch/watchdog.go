@@ -17,9 +17,16 @@ import (
 // noWake means the watchdog is scanning or idle: every new step notifies it.
 const noWake = math.MaxInt64
 
-// armDeadline registers st's deadline (unix nanoseconds) with the watchdog.
+// monoEpoch is the origin of the monotonic offsets deadlines are kept in.
+var monoEpoch = time.Now()
+
+// monoNow is the monotonic clock as an offset from monoEpoch.
+func monoNow() int64 { return int64(time.Since(monoEpoch)) }
+
+// armDeadline registers st's deadline (a monoEpoch offset, > 0) with the
+// watchdog.
 func (s *HandlerDispatchService) armDeadline(st *stepState, deadline int64) {
-	st.deadlineNs.Store(deadline)
+	st.ctx.deadline.Store(deadline)
 	if deadline < s.nextWake.Load() {
 		select {
 		case s.wake <- struct{}{}:
@@ -36,18 +43,18 @@ func (s *HandlerDispatchService) watchdog(stop <-chan struct{}) {
 		// Anyone arming a deadline while we scan notifies us, so a slot we
 		// already passed cannot be missed.
 		s.nextWake.Store(noWake)
-		now := time.Now().UnixNano()
+		now := monoNow()
 		next := int64(noWake)
 		for i := range s.slots {
 			st := s.slots[i].Load()
 			if st == nil {
 				continue
 			}
-			d := st.deadlineNs.Load()
+			d := st.ctx.deadline.Load()
 			switch {
 			case d == 0 || st.state.Load() != stepRunning:
 			case d <= now:
-				go st.expire()
+				go s.expire(st)
 			default:
 				next = min(next, d)
 			}

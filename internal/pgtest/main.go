@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -20,9 +21,35 @@ var (
 //
 // With PGTEST_DURABLE=1 in the environment the server keeps PostgreSQL's
 // durability defaults, for benchmarks that should reflect production.
+// PGTEST_SETTINGS adds server settings as whitespace-separated key=value
+// pairs (for profiling, e.g.
+// PGTEST_SETTINGS="shared_preload_libraries=pg_stat_statements").
 func Main(m *testing.M) {
 	opts := Options{Durable: os.Getenv("PGTEST_DURABLE") == "1"}
+	settings, err := ParseSettings(os.Getenv("PGTEST_SETTINGS"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	opts.Settings = settings
 	os.Exit(Run(m, opts))
+}
+
+// ParseSettings reads whitespace-separated key=value pairs (the format of
+// PGTEST_SETTINGS) into Options.Settings; empty input gives nil.
+func ParseSettings(s string) (map[string]string, error) {
+	var out map[string]string
+	for _, kv := range strings.Fields(s) {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("pgtest: PGTEST_SETTINGS entry %q: want key=value", kv)
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 // Run is Main without the exit, for a TestMain that does more around the

@@ -27,7 +27,9 @@
 // By default the server trades durability for speed (fsync, synchronous_commit
 // and full_page_writes off), which is right for tests. Set Options.Durable, or
 // PGTEST_DURABLE=1 for servers started by [Main], to keep PostgreSQL's
-// durability defaults when measuring performance.
+// durability defaults when measuring performance. PGTEST_SETTINGS adds
+// settings to servers started by [Main] (whitespace-separated key=value
+// pairs, e.g. shared_preload_libraries=pg_stat_statements for profiling).
 package pgtest
 
 import (

@@ -176,3 +176,27 @@ func TestDatabaseName(t *testing.T) {
 		}
 	}
 }
+
+func TestParseSettings(t *testing.T) {
+	got, err := ParseSettings("  shared_preload_libraries=pg_stat_statements\ttrack_io_timing=on\nwork_mem=64MB ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"shared_preload_libraries": "pg_stat_statements", "track_io_timing": "on", "work_mem": "64MB"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+	if got, err := ParseSettings(""); err != nil || got != nil {
+		t.Fatalf("empty: %v %v", got, err)
+	}
+	for _, bad := range []string{"fsync", "=on", "a=1 b"} {
+		if _, err := ParseSettings(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -1,12 +1,14 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -203,6 +205,11 @@ type EnqueuedStep struct {
 	Duplicate bool
 }
 
+// enqueueSQL inserts a batch whose step_uuids may already exist (the
+// caller chose them, e.g. to retry an ambiguous enqueue safely). Duplicates
+// are left alone and reported with the existing row's id; the scalar
+// subqueries run only for them (coalesce stops at the first non-null), so
+// new rows cost no extra index probe.
 const enqueueSQL = `
 WITH input AS (
 	SELECT *
@@ -217,11 +224,29 @@ WITH input AS (
 	ON CONFLICT (step_uuid) DO NOTHING
 	RETURNING id, step_uuid, enqueued_at
 )
-SELECT input.ord, coalesce(ins.id, old.id, 0), ins.id IS NULL, coalesce(ins.enqueued_at, old.enqueued_at)
+SELECT input.ord,
+       coalesce(ins.id, (SELECT old.id FROM tasker_steps old WHERE old.step_uuid = input.step_uuid), 0),
+       ins.id IS NULL,
+       coalesce(ins.enqueued_at, (SELECT old.enqueued_at FROM tasker_steps old WHERE old.step_uuid = input.step_uuid))
 FROM input
 LEFT JOIN ins ON ins.step_uuid = input.step_uuid
-LEFT JOIN tasker_steps old ON ins.id IS NULL AND old.step_uuid = input.step_uuid
 ORDER BY input.ord`
+
+// enqueueNewSQL inserts a batch whose step_uuids Enqueue generated itself:
+// random version-4 UUIDs cannot already exist, so the statement skips ON
+// CONFLICT, whose arbiter check (one more step_uuid index probe and a
+// speculative-insertion lock per row) cost about a fifth of the insert. Rows
+// are inserted in input order, so ids (and claim order) follow it. Should a
+// generated UUID ever collide, the unique constraint fails the whole batch
+// and nothing is stored; the caller's retry generates new ones.
+const enqueueNewSQL = `
+INSERT INTO tasker_steps (queue, step_uuid, task_uuid, correlation_id, handler, payload, timeout_ms, max_attempts, visible_at)
+SELECT queue, step_uuid, task_uuid, correlation_id, handler, payload::jsonb, timeout_ms, max_attempts,
+       now() + delay_us * interval '1 microsecond'
+FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::int[], $9::bigint[])
+	WITH ORDINALITY AS u(queue, step_uuid, task_uuid, correlation_id, handler, payload, timeout_ms, max_attempts, delay_us, ord)
+ORDER BY ord
+RETURNING id, step_uuid, enqueued_at`
 
 const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', q) FROM unnest($1::text[]) AS q`
 
@@ -245,6 +270,7 @@ func (q *Queue) Enqueue(ctx context.Context, steps []NewStep) ([]EnqueuedStep, e
 		delays    = make([]int64, n)
 		out       = make([]EnqueuedStep, n)
 		seen      = make(map[UUID]int, n)
+		generated = true // every step_uuid generated here
 		distinctQ []string
 		seenQ     = map[string]bool{}
 	)
@@ -260,6 +286,8 @@ func (q *Queue) Enqueue(ctx context.Context, steps []NewStep) ([]EnqueuedStep, e
 		}
 		if s.StepUUID.IsZero() {
 			s.StepUUID = NewUUID()
+		} else {
+			generated = false
 		}
 		if j, dup := seen[s.StepUUID]; dup {
 			return nil, fmt.Errorf("enqueue: steps %d and %d share step_uuid %s", j, i, s.StepUUID)
@@ -297,10 +325,16 @@ func (q *Queue) Enqueue(ctx context.Context, steps []NewStep) ([]EnqueuedStep, e
 	}
 
 	batch := &pgx.Batch{}
-	batch.Queue(enqueueSQL, queues, stepIDs, taskIDs, corrIDs, handlers, payloads, timeouts, maxAtts, delays)
+	sql, read := enqueueSQL, readEnqueued
+	if generated {
+		sql, read = enqueueNewSQL, func(br pgx.BatchResults, out []EnqueuedStep) (int, error) {
+			return readInserted(br, out, seen)
+		}
+	}
+	batch.Queue(sql, queues, stepIDs, taskIDs, corrIDs, handlers, payloads, timeouts, maxAtts, delays)
 	batch.Queue(notifySQL, distinctQ)
 	br := q.pool.SendBatch(ctx, batch)
-	inserted, err := readEnqueued(br, out)
+	inserted, err := read(br, out)
 	if err == nil {
 		_, err = br.Exec()
 	}
@@ -337,6 +371,39 @@ func readEnqueued(br pgx.BatchResults, out []EnqueuedStep) (inserted int, err er
 		}
 	}
 	return inserted, rows.Err()
+}
+
+// readInserted reads enqueueNewSQL's rows, matching them to the input by
+// step_uuid; every step must have been inserted.
+func readInserted(br pgx.BatchResults, out []EnqueuedStep, index map[UUID]int) (inserted int, err error) {
+	rows, err := br.Query()
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id   int64
+			uuid UUID
+			at   pgtype.Timestamptz
+		)
+		if err := rows.Scan(&id, &uuid, &at); err != nil {
+			return 0, err
+		}
+		i, ok := index[uuid]
+		if !ok {
+			return 0, fmt.Errorf("insert returned unknown step_uuid %s", uuid)
+		}
+		out[i].ID, out[i].EnqueuedAt = id, at.Time
+		inserted++
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	if inserted != len(out) {
+		return 0, fmt.Errorf("inserted %d of %d steps", inserted, len(out))
+	}
+	return inserted, nil
 }
 
 // Claim identifies one claim of one step: the row and the fencing token the
@@ -497,10 +564,31 @@ func (q *Queue) Claim(ctx context.Context, queues []string, workerID string, lim
 	return out, nil
 }
 
+// Lock order. Extend (the heartbeat), Release and Complete each lock a set
+// of held claims' rows, and a heartbeat over every held claim regularly runs
+// while results for some of them are being settled. Rows locked in
+// different orders by two statements deadlock; PostgreSQL then aborts one
+// of them after deadlock_timeout (1 s), stalling both, which the worker
+// benchmark hit with a heartbeat over ~900 claims. So all three send their
+// rows sorted by id: with the nested-loop plans these statements get (one
+// primary-key probe per array element, in array order), their row locks are
+// then taken in ascending id order and can only queue, never cycle.
+
+// compareClaims orders claims by id, then token.
+func compareClaims(a, b Claim) int {
+	if c := cmp.Compare(a.ID, b.ID); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Token, b.Token)
+}
+
+// claimArrays returns the claims' ids and tokens, sorted by id (see Lock
+// order above).
 func claimArrays(claims []Claim) (ids, tokens []int64) {
-	ids = make([]int64, len(claims))
-	tokens = make([]int64, len(claims))
-	for i, c := range claims {
+	sorted := slices.SortedFunc(slices.Values(claims), compareClaims)
+	ids = make([]int64, len(sorted))
+	tokens = make([]int64, len(sorted))
+	for i, c := range sorted {
 		ids[i], tokens[i] = c.ID, c.Token
 	}
 	return ids, tokens
@@ -628,7 +716,9 @@ type CompletionResult struct {
 // completeSQL applies a batch of completions in one statement. Every CASE
 // reads the row's values from before the update. The retry delay is the
 // schedule entry for the attempt that just failed (capped at the last entry)
-// times the item's jitter multiplier.
+// times the item's jitter multiplier. An empty result or error string stands
+// for NULL (it is never valid JSON), so the columns travel as plain text
+// arrays, which pgx encodes without reflection.
 const completeSQL = `
 WITH c AS (
 	SELECT *
@@ -640,8 +730,8 @@ UPDATE tasker_steps s SET
 		WHEN c.outcome = 'success' THEN 'completed'
 		WHEN c.outcome = 'retryable_failure' AND s.attempts < s.max_attempts THEN 'ready'
 		ELSE 'dead' END,
-	result = CASE WHEN c.outcome = 'success' THEN c.result::jsonb ELSE s.result END,
-	last_error = CASE WHEN c.outcome = 'success' THEN s.last_error ELSE c.error::jsonb END,
+	result = CASE WHEN c.outcome = 'success' THEN nullif(c.result, '')::jsonb ELSE s.result END,
+	last_error = CASE WHEN c.outcome = 'success' THEN s.last_error ELSE nullif(c.error, '')::jsonb END,
 	completed_at = CASE
 		WHEN c.outcome = 'retryable_failure' AND s.attempts < s.max_attempts THEN NULL
 		ELSE now() END,
@@ -661,12 +751,16 @@ RETURNING s.id, c.token, s.state, c.outcome`
 // as not applied, without failing the rest of the batch. An error return
 // means the batch as a whole did not reach the database; retry it.
 func (q *Queue) Complete(ctx context.Context, completions []Completion) ([]CompletionResult, error) {
-	out := make([]CompletionResult, len(completions))
+	n := len(completions)
+	out := make([]CompletionResult, n)
+	type item struct {
+		i               int // index in completions
+		result, errJSON string
+		jitter          float64
+	}
 	var (
-		ids, tokens                []int64
-		outcomes, results, errsCol []pgtype.Text
-		jitters                    []float64
-		index                      = make(map[Claim]int, len(completions))
+		items = make([]item, 0, n)
+		index = make(map[Claim]int, n)
 	)
 	for i, c := range completions {
 		out[i] = CompletionResult{Claim: c.Claim}
@@ -680,16 +774,23 @@ func (q *Queue) Complete(ctx context.Context, completions []Completion) ([]Compl
 			continue
 		}
 		index[c.Claim] = i
-		ids = append(ids, c.ID)
-		tokens = append(tokens, c.Token)
-		outcomes = append(outcomes, pgtype.Text{String: string(c.Outcome), Valid: true})
-		results = append(results, res)
-		errsCol = append(errsCol, errJSON)
 		jitter := 1.0
 		if c.Outcome == RetryableFailure {
 			jitter = q.opts.Jitter()
 		}
-		jitters = append(jitters, jitter)
+		items = append(items, item{i: i, result: res, errJSON: errJSON, jitter: jitter})
+	}
+	// Rows in ascending id order: see Lock order.
+	slices.SortFunc(items, func(a, b item) int { return compareClaims(completions[a.i].Claim, completions[b.i].Claim) })
+	var (
+		ids, tokens                = make([]int64, len(items)), make([]int64, len(items))
+		outcomes, results, errsCol = make([]string, len(items)), make([]string, len(items)), make([]string, len(items))
+		jitters                    = make([]float64, len(items))
+	)
+	for k, it := range items {
+		c := completions[it.i]
+		ids[k], tokens[k], outcomes[k] = c.ID, c.Token, string(c.Outcome)
+		results[k], errsCol[k], jitters[k] = it.result, it.errJSON, it.jitter
 	}
 	if len(ids) == 0 {
 		return out, nil
@@ -731,15 +832,15 @@ func (q *Queue) Complete(ctx context.Context, completions []Completion) ([]Compl
 }
 
 // completionJSON validates one completion and returns its result and error
-// columns.
-func completionJSON(c Completion) (result, errJSON pgtype.Text, err error) {
+// columns ("" for NULL).
+func completionJSON(c Completion) (result, errJSON string, err error) {
 	switch c.Outcome {
 	case Success:
 		if len(c.Result) > 0 {
 			if !json.Valid(c.Result) {
 				return result, errJSON, errors.New("result is not valid JSON")
 			}
-			result = pgtype.Text{String: string(c.Result), Valid: true}
+			result = string(c.Result)
 		}
 	case RetryableFailure, PermanentFailure:
 		if len(c.Error) == 0 {
@@ -752,7 +853,7 @@ func completionJSON(c Completion) (result, errJSON pgtype.Text, err error) {
 		if !json.Valid(c.Error) {
 			return result, errJSON, errors.New("error is not valid JSON")
 		}
-		errJSON = pgtype.Text{String: string(c.Error), Valid: true}
+		errJSON = string(c.Error)
 	default:
 		return result, errJSON, fmt.Errorf("unknown outcome %q", c.Outcome)
 	}

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -64,19 +65,19 @@ func testConfig(id string) config.Config {
 type running struct {
 	w      *Worker
 	cancel context.CancelFunc
-	done   chan error
+	done   chan struct{} // closed when Run returned, after err is set
+	err    error
 }
 
-// stop cancels the worker (as SIGTERM would) and returns Run's error.
-func (r *running) stop(t testing.TB) error {
-	t.Helper()
+// stop cancels the worker (as SIGTERM would) and returns Run's error. It
+// may be called from any goroutine and more than once.
+func (r *running) stop() error {
 	r.cancel()
 	select {
-	case err := <-r.done:
-		return err
+	case <-r.done:
+		return r.err
 	case <-time.After(60 * time.Second):
-		t.Fatal("worker did not stop within 60s")
-		return nil
+		return errors.New("worker did not stop within 60s")
 	}
 }
 
@@ -102,12 +103,9 @@ func startWorker(t *testing.T, e *env, cfg config.Config, reg *dispatch.Registry
 		t.Fatal(err)
 	}
 	rctx, cancel := context.WithCancel(ctx)
-	r := &running{w: w, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- w.Run(rctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-r.done
-	})
+	r := &running{w: w, cancel: cancel, done: make(chan struct{})}
+	go func() { r.err = w.Run(rctx); close(r.done) }()
+	t.Cleanup(func() { _ = r.stop() })
 	eventually(t, "worker ready", 30*time.Second, func() bool { return httpStatus(r.url("/readyz")) == 200 })
 	return r
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/seed-a17b38e7/workerpool-operator/internal/config"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/dispatch"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/ffi"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
 )
 
@@ -61,14 +62,17 @@ type Worker struct {
 	dispatchCh    chan dispatch.StepMessage
 	completionCh  chan *dispatch.Completion
 	svc           *dispatch.HandlerDispatchService
+	ffi           *ffi.Channel // nil unless ffi_dispatch.enabled
+	consumer      consumer
 	checker       *dispatch.CapacityChecker
 	proc          *dispatch.CompletionProcessor
 	monitors      []*dispatch.ChannelMonitor
 	capacityFreed chan struct{}
 
-	started  atomic.Bool
-	draining atomic.Bool
-	runOnce  sync.Once
+	started      atomic.Bool
+	draining     atomic.Bool
+	runOnce      sync.Once
+	drainTimeout atomic.Int64 // nanoseconds; worker.drain.timeout_ms unless overridden
 }
 
 // New connects to the database and assembles a worker without starting it.
@@ -98,13 +102,18 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database: connect: %w", err)
 	}
+	dispatchBuffer := hd.DispatchBufferSize
+	if cfg.Worker.MPSCChannels.FFIDispatch.Enabled {
+		dispatchBuffer = cfg.Worker.MPSCChannels.FFIDispatch.DispatchBufferSize
+	}
 	w := &Worker{
 		cfg: cfg, id: cfg.Worker.WorkerID, log: log, pool: pool, claims: newClaimSet(), version: opts.Version,
-		dispatchCh:    make(chan dispatch.StepMessage, hd.DispatchBufferSize),
+		dispatchCh:    make(chan dispatch.StepMessage, dispatchBuffer),
 		completionCh:  make(chan *dispatch.Completion, hd.CompletionBufferSize),
 		capacityFreed: make(chan struct{}, 1),
 		reg:           prometheus.NewRegistry(),
 	}
+	w.drainTimeout.Store(int64(cfg.Worker.Drain.Timeout()))
 	if err := w.assemble(ctx, opts); err != nil {
 		pool.Close()
 		return nil, err
@@ -145,6 +154,21 @@ func (w *Worker) assemble(ctx context.Context, opts Options) error {
 		CallbackStrategy:      dispatch.CallbackStrategy(w.cfg.Worker.MPSCChannels.FFIDispatch.CallbackStrategy),
 		CallbackTimeout:       w.cfg.Worker.MPSCChannels.FFIDispatch.CallbackTimeout(),
 	}, handlers, w.dispatchCh, w.completionCh, m, w.log.WithName("dispatch"))
+	w.consumer = native{w.svc}
+	if fc := w.cfg.Worker.MPSCChannels.FFIDispatch; fc.Enabled {
+		// Foreign handlers consume instead; max_concurrent_handlers then
+		// bounds the events foreign pollers may hold (through the intake).
+		w.ffi = ffi.New(ffi.Config{
+			ServiceID: fc.ServiceID, WorkerID: w.id,
+			CompletionTimeout: fc.CompletionTimeout(), StarvationWarningThreshold: fc.StarvationWarningThreshold(),
+			CompletionSendTimeout: hd.CompletionSendTimeout(),
+			Callback:              opts.Callback, CallbackStrategy: dispatch.CallbackStrategy(fc.CallbackStrategy), CallbackTimeout: fc.CallbackTimeout(),
+		}, w.dispatchCh, w.completionCh, m, w.log.WithName("ffi"))
+		if err := w.ffi.RegisterMetrics(w.reg); err != nil {
+			return err
+		}
+		w.consumer = foreign{ch: w.ffi, dispatch: w.dispatchCh}
+	}
 	ls := w.cfg.Worker.LoadShedding
 	w.checker = dispatch.NewCapacityChecker(w.svc.Semaphore(), float64(ls.WarningThresholdPercent), float64(ls.RefuseThresholdPercent), w.log.WithName("capacity"))
 	w.proc = dispatch.NewCompletionProcessor(dispatch.ProcessorConfig{}, w.completionCh, w, m, w.log)
@@ -206,6 +230,18 @@ func b2f(b bool) float64 {
 // Addr is the address the HTTP endpoints listen on.
 func (w *Worker) Addr() net.Addr { return w.ln.Addr() }
 
+// FFI is the channel foreign handlers poll and complete through; nil unless
+// worker.mpsc_channels.ffi_dispatch.enabled.
+func (w *Worker) FFI() *ffi.Channel { return w.ffi }
+
+// SetDrainTimeout overrides worker.drain.timeout_ms for the next drain, for
+// callers that choose the bound when they stop (the C ABI's stop).
+func (w *Worker) SetDrainTimeout(d time.Duration) {
+	if d > 0 {
+		w.drainTimeout.Store(int64(d))
+	}
+}
+
 // Queue exposes the worker's queue (tools and tests enqueue through it).
 func (w *Worker) Queue() *queue.Queue { return w.queue }
 
@@ -226,8 +262,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	bg, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
 
-	svcDone := make(chan struct{})
-	go func() { defer close(svcDone); _ = w.svc.Run(bg) }()
+	consumerDone := make(chan struct{})
+	go func() { defer close(consumerDone); w.consumer.run(bg) }()
 	procCtx, stopProc := context.WithCancel(context.Background())
 	defer stopProc()
 	procDone := make(chan error, 1)
@@ -251,7 +287,8 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	err := w.drain(intakeDone, procDone, stopProc)
-	<-svcDone
+	stopBackground()
+	<-consumerDone
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdownCtx)
@@ -262,24 +299,30 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) drain(intakeDone <-chan struct{}, procDone <-chan error, stopProc context.CancelFunc) error {
 	w.draining.Store(true)
 	start := time.Now()
-	timeout := w.cfg.Worker.Drain.Timeout()
-	w.log.Info("draining: stopped claiming", "drainTimeout", timeout, "inFlight", w.svc.InFlight())
+	timeout := time.Duration(w.drainTimeout.Load())
+	w.log.Info("draining: stopped claiming", "drainTimeout", timeout, "claimsHeld", w.claims.len())
 	<-intakeDone
 	drainCtx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	rep, shutErr := w.svc.Shutdown(drainCtx)
 	var errs []error
-	if len(rep.Unstarted) > 0 {
-		if err := w.release(rep.Unstarted); err != nil {
+	unstarted := w.consumer.stop()
+	if len(unstarted) > 0 {
+		if err := w.release(unstarted); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if shutErr != nil {
-		w.log.Info("drain deadline passed; cancelled running handlers", "cancelled", rep.Cancelled)
+	abandoned, drainErr := w.consumer.finish(drainCtx)
+	if len(abandoned) > 0 {
+		if err := w.release(abandoned); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if drainErr != nil {
+		w.log.Info("drain deadline passed", "detail", drainErr.Error())
 	}
 	// Handlers that ignore cancellation get a short grace; whatever is still
 	// running after it stays claimed and is redelivered when its claim expires.
-	if waitFor(w.svc.Wait, 5*time.Second) {
+	if w.consumer.quiesce(5 * time.Second) {
 		close(w.completionCh) // every producer is done: the processor flushes and returns
 	} else {
 		errs = append(errs, errors.New("handlers still running after the drain deadline; their steps will be redelivered"))
@@ -296,7 +339,7 @@ func (w *Worker) drain(intakeDone <-chan struct{}, procDone <-chan error, stopPr
 			errs = append(errs, err)
 		}
 	}
-	w.log.Info("drained", "took", time.Since(start), "returnedToQueue", len(rep.Unstarted), "stillClaimed", w.claims.len())
+	w.log.Info("drained", "took", time.Since(start), "returnedToQueue", len(unstarted)+len(abandoned), "stillClaimed", w.claims.len())
 	return errors.Join(errs...)
 }
 
