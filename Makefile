@@ -85,9 +85,10 @@ test: export TASKER_WORKER_BIN := $(BIN)/tasker-worker
 test: export TASKERWORKER_LIB := $(BIN)/libtaskerworker.so
 
 .PHONY: test
-test: test-deps build ## Run the whole test suite with -race, then fuzz the config parser briefly
+test: test-deps build ## Run the whole test suite with -race, then fuzz the config parser and the FFI result decoder briefly
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/config/
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeResult -fuzztime=10s ./internal/ffi/
 
 # The FFI round-trip benchmarks run the real library and worker binary.
 bench: export TASKER_WORKER_BIN := $(BIN)/tasker-worker
