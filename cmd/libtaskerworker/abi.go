@@ -52,6 +52,7 @@ type abiError struct {
 	msg  string
 }
 
+// Error returns the message taskerworker_last_error reports.
 func (e *abiError) Error() string { return e.msg }
 
 func newError(code int, format string, args ...any) error {

@@ -43,9 +43,11 @@ type ServiceConfig struct {
 	CompletionSendTimeout time.Duration
 	// Callback, when set, runs after each delivered result under
 	// CallbackStrategy, bounded by CallbackTimeout.
-	Callback         PostHandlerCallback
+	Callback PostHandlerCallback
+	// CallbackStrategy is how long the delivering goroutine waits for it.
 	CallbackStrategy CallbackStrategy
-	CallbackTimeout  time.Duration
+	// CallbackTimeout bounds the callback (except under Blocking).
+	CallbackTimeout time.Duration
 	// Semaphore lets a caller share the permits with another consumer; nil
 	// creates one with MaxConcurrentHandlers permits.
 	Semaphore *Semaphore
@@ -93,7 +95,12 @@ type HandlerDispatchService struct {
 	metrics    *Metrics
 	log        logr.Logger
 
-	slots []atomic.Pointer[stepState] // running step per permit
+	// slots holds the latest step dispatched with each permit: the running
+	// one while the permit is held. Only the loop writes it; a finished
+	// step is left in place (its state says it is done) rather than
+	// cleared, so the handler's goroutine does not have to pull the
+	// loop's cache line over on every step.
+	slots []atomic.Pointer[stepState]
 	deadlineWatch
 	// running counts dispatched steps until their handler goroutine is done
 	// with them. The loop and the handlers write it on every step from
@@ -338,6 +345,7 @@ func (s *HandlerDispatchService) run(st *stepState) {
 //go:noinline
 func (s *HandlerDispatchService) handlerNotFound(st *stepState) {
 	msg := &st.c.Message
+	st.state.Store(stepFinished) // no deadline was armed, so nothing races this
 	s.release(st)
 	st.c.Result = FailureResult(msg.StepUUID, "Handler not found: "+msg.Handler, ErrorTypeHandlerNotFound, false, 0, nil)
 	s.deliver(st)
@@ -383,9 +391,9 @@ func (s *HandlerDispatchService) expire(st *stepState) {
 	s.deliver(st)
 }
 
-// release frees the step's slot and permit.
+// release frees the step's permit. The step stays in its slot, marked
+// finished or timed out, until the loop reuses the slot.
 func (s *HandlerDispatchService) release(st *stepState) {
-	s.slots[st.permit].Store(nil)
 	s.sem.Release(st.permit)
 }
 
@@ -503,7 +511,7 @@ func (s *HandlerDispatchService) Shutdown(ctx context.Context) (ShutdownReport, 
 		return rep, nil
 	case <-ctx.Done():
 		for i := range s.slots {
-			if st := s.slots[i].Load(); st != nil && st.ctx.cancel(context.Canceled) {
+			if st := s.slots[i].Load(); st != nil && st.state.Load() == stepRunning && st.ctx.cancel(context.Canceled) {
 				rep.Cancelled++
 			}
 		}

@@ -41,7 +41,9 @@ const (
 // core never interprets it; it travels with the step so that whoever settles
 // the result can acknowledge exactly that claim (ID plus fencing token).
 type Receipt struct {
-	ID    int64
+	// ID is the queue row of the step.
+	ID int64
+	// Token is the claim's fencing token; a settle with a stale token is refused.
 	Token int64
 }
 
@@ -51,6 +53,7 @@ type StepMessage struct {
 	EventID string `json:"event_id"`
 	// StepUUID and TaskUUID identify the workflow step and its task.
 	StepUUID string `json:"step_uuid"`
+	// TaskUUID identifies the task the step belongs to.
 	TaskUUID string `json:"task_uuid"`
 	// CorrelationID follows the step through logs across services.
 	CorrelationID string `json:"correlation_id,omitempty"`
@@ -72,34 +75,54 @@ type StepMessage struct {
 // StepExecutionResult is the result wire format shared with upstream Tasker
 // and with foreign handlers completing through the C ABI.
 type StepExecutionResult struct {
-	StepUUID string          `json:"step_uuid"`
-	Success  bool            `json:"success"`
-	Result   json.RawMessage `json:"result"`
-	Status   string          `json:"status"`
-	Metadata ResultMetadata  `json:"metadata"`
-	Error    *StepError      `json:"error,omitempty"`
+	// StepUUID names the step this result settles.
+	StepUUID string `json:"step_uuid"`
+	// Success is true when the handler completed the step.
+	Success bool `json:"success"`
+	// Result is the handler's output (null on failure).
+	Result json.RawMessage `json:"result"`
+	// Status is "completed" on success, "failed" (or "error") otherwise.
+	Status string `json:"status"`
+	// Metadata describes the run; orchestration reads retryability here.
+	Metadata ResultMetadata `json:"metadata"`
+	// Error explains a failure; nil on success.
+	Error *StepError `json:"error,omitempty"`
 }
 
 // ResultMetadata is the metadata block of a result. Orchestration reads
 // Retryable from here, so it must always mirror Error.Retryable.
 type ResultMetadata struct {
-	ExecutionTimeMs int64          `json:"execution_time_ms"`
-	Retryable       bool           `json:"retryable"`
-	CompletedAt     time.Time      `json:"completed_at"`
-	WorkerID        string         `json:"worker_id,omitempty"`
-	ErrorType       string         `json:"error_type,omitempty"`
-	ErrorCode       string         `json:"error_code,omitempty"`
-	Context         map[string]any `json:"context,omitempty"`
-	Custom          map[string]any `json:"custom,omitempty"`
+	// ExecutionTimeMs is how long the handler ran (the timeout, for a timeout).
+	ExecutionTimeMs int64 `json:"execution_time_ms"`
+	// Retryable says whether a failed step may run again.
+	Retryable bool `json:"retryable"`
+	// CompletedAt is when the result was produced.
+	CompletedAt time.Time `json:"completed_at"`
+	// WorkerID names the worker that produced the result.
+	WorkerID string `json:"worker_id,omitempty"`
+	// ErrorType mirrors Error.ErrorType for consumers that read metadata only.
+	ErrorType string `json:"error_type,omitempty"`
+	// ErrorCode is an optional machine-readable code from the handler.
+	ErrorCode string `json:"error_code,omitempty"`
+	// Context carries diagnostic facts (e.g. service_id and reason of a
+	// semaphore failure).
+	Context map[string]any `json:"context,omitempty"`
+	// Custom is free-form data from the handler.
+	Custom map[string]any `json:"custom,omitempty"`
 }
 
 // StepError describes why a step failed. Handlers may return one (as an
 // error) to choose the error type and whether the step is retried.
 type StepError struct {
-	Message   string   `json:"message"`
-	ErrorType string   `json:"error_type,omitempty"`
-	ErrorCode string   `json:"error_code,omitempty"`
-	Retryable bool     `json:"retryable"`
+	// Message is the human-readable reason.
+	Message string `json:"message"`
+	// ErrorType classifies the failure (see the ErrorType constants).
+	ErrorType string `json:"error_type,omitempty"`
+	// ErrorCode is an optional machine-readable code.
+	ErrorCode string `json:"error_code,omitempty"`
+	// Retryable says whether the step may run again.
+	Retryable bool `json:"retryable"`
+	// Backtrace is the handler's stack, when one was captured.
 	Backtrace []string `json:"backtrace,omitempty"`
 }
 
@@ -225,6 +248,8 @@ func (r *StepExecutionResult) Normalize() error {
 // Completion is what travels on the completion channel: the result together
 // with the message it answers, so the receiver can settle the right claim.
 type Completion struct {
+	// Message is the step as it was dispatched (with its queue receipt).
 	Message StepMessage
-	Result  StepExecutionResult
+	// Result is how the attempt ended.
+	Result StepExecutionResult
 }

@@ -27,6 +27,7 @@ const (
 
 // Config tunes a Channel; zero values take the defaults.
 type Config struct {
+	// ServiceID names the channel in logs and failure metadata.
 	ServiceID string
 	// WorkerID is stamped into every result's metadata.
 	WorkerID string
@@ -41,9 +42,11 @@ type Config struct {
 	CompletionSendTimeout time.Duration
 	// Callback runs after each delivered completion under CallbackStrategy,
 	// bounded by CallbackTimeout.
-	Callback         dispatch.PostHandlerCallback
+	Callback dispatch.PostHandlerCallback
+	// CallbackStrategy is how long Complete waits for the callback.
 	CallbackStrategy dispatch.CallbackStrategy
-	CallbackTimeout  time.Duration
+	// CallbackTimeout bounds the callback (except under Blocking).
+	CallbackTimeout time.Duration
 	// SweepInterval is how often the channel itself sweeps timeouts and
 	// checks starvation (default: a tenth of the smaller of the two
 	// thresholds, between 10 ms and 1 s).
@@ -317,12 +320,18 @@ var statusLabels = map[CompleteStatus]string{
 // Metrics is the channel's view of its pending events (upstream's
 // FfiDispatchMetrics plus the starvation fields).
 type Metrics struct {
-	PendingCount       int    `json:"pending_count"`
+	// PendingCount is how many polled events await completion.
+	PendingCount int `json:"pending_count"`
+	// OldestPendingAgeMs is the oldest pending event's age (nil when none).
 	OldestPendingAgeMs *int64 `json:"oldest_pending_age_ms"`
+	// NewestPendingAgeMs is the newest pending event's age (nil when none).
 	NewestPendingAgeMs *int64 `json:"newest_pending_age_ms"`
-	OldestEventID      string `json:"oldest_event_id,omitempty"`
-	StarvationDetected bool   `json:"starvation_detected"`
-	StarvingEventCount int    `json:"starving_event_count"`
+	// OldestEventID names the oldest pending event, for debugging.
+	OldestEventID string `json:"oldest_event_id,omitempty"`
+	// StarvationDetected is true while any event is starving.
+	StarvationDetected bool `json:"starvation_detected"`
+	// StarvingEventCount counts events older than the starvation threshold.
+	StarvingEventCount int `json:"starving_event_count"`
 }
 
 // Metrics reports pending events now. Ages are nil when nothing is pending;
@@ -358,9 +367,12 @@ func (c *Channel) metricsAt(now time.Time) Metrics {
 
 // StarvingEvent describes one pending event older than the threshold.
 type StarvingEvent struct {
-	EventID  string `json:"event_id"`
+	// EventID is the pending event.
+	EventID string `json:"event_id"`
+	// StepUUID is its step.
 	StepUUID string `json:"step_uuid"`
-	AgeMs    int64  `json:"age_ms"`
+	// AgeMs is how long it has been pending.
+	AgeMs int64 `json:"age_ms"`
 }
 
 // CheckStarvationWarnings logs one warning per pending event older than the

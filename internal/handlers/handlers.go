@@ -48,6 +48,7 @@ func echo(_ context.Context, s *dispatch.StepMessage) (json.RawMessage, error) {
 // SleepPayload is the sleep handler's input: {"ms": 250}. A bare number is
 // accepted too.
 type SleepPayload struct {
+	// Ms is how long to sleep, in milliseconds.
 	Ms int64 `json:"ms"`
 }
 
@@ -77,8 +78,10 @@ func sleep(ctx context.Context, s *dispatch.StepMessage) (json.RawMessage, error
 
 // FailPayload is the fail handler's input. Retryable defaults to true.
 type FailPayload struct {
-	Message   string `json:"message"`
-	Retryable *bool  `json:"retryable"`
+	// Message is the error text.
+	Message string `json:"message"`
+	// Retryable, when false, makes the failure permanent.
+	Retryable *bool `json:"retryable"`
 	// FailAttempts, when positive, fails only the first N attempts and then
 	// succeeds, for exercising retries.
 	FailAttempts int `json:"fail_attempts"`

@@ -564,15 +564,15 @@ func (q *Queue) Claim(ctx context.Context, queues []string, workerID string, lim
 	return out, nil
 }
 
-// Lock order. Extend (the heartbeat), Release and Complete each lock a set
-// of held claims' rows, and a heartbeat over every held claim regularly runs
-// while results for some of them are being settled. Rows locked in
-// different orders by two statements deadlock; PostgreSQL then aborts one
-// of them after deadlock_timeout (1 s), stalling both, which the worker
-// benchmark hit with a heartbeat over ~900 claims. So all three send their
-// rows sorted by id: with the nested-loop plans these statements get (one
-// primary-key probe per array element, in array order), their row locks are
-// then taken in ascending id order and can only queue, never cycle.
+// Lock order of the fenced updates. Extend (the heartbeat), Release and
+// Complete each update a set of held claims' rows, joined from arrays of ids
+// and tokens. The arrays are sent sorted by id, so that with the usual plan
+// (one primary-key probe per array element, in array order) rows are locked
+// in ascending id order and concurrent statements queue instead of
+// deadlocking. That is an optimisation, not what prevents deadlocks: a plan
+// may read rows in another order, so the one statement that runs
+// concurrently with the others on the same rows, the heartbeat, never waits
+// for a row lock at all (see extendSQL).
 
 // compareClaims orders claims by id, then token.
 func compareClaims(a, b Claim) int {
@@ -582,8 +582,8 @@ func compareClaims(a, b Claim) int {
 	return cmp.Compare(a.Token, b.Token)
 }
 
-// claimArrays returns the claims' ids and tokens, sorted by id (see Lock
-// order above).
+// claimArrays returns the claims' ids and tokens, sorted by id (see "Lock
+// order" above).
 func claimArrays(claims []Claim) (ids, tokens []int64) {
 	sorted := slices.SortedFunc(slices.Values(claims), compareClaims)
 	ids = make([]int64, len(sorted))
@@ -606,17 +606,50 @@ func missing(claims []Claim, kept map[Claim]bool) []Claim {
 	return lost
 }
 
+// extendSQL never waits for a row lock. A claim whose row is locked right now
+// is being settled (or released) by the same worker, which is why it needs
+// no extension; if that settle fails and is retried, the next heartbeat
+// extends it. Such claims are skipped and reported as still held: the last
+// branch reads them as of the statement's snapshot, where they still carry
+// their token. Waiting instead deadlocked: a heartbeat locking ~4000 rows
+// and a settle locking a few hundred of them met in opposite orders, and
+// PostgreSQL aborted one after a 1 s stall (seen in the worker benchmark).
+//
+// "s.id = ANY($1)" repeats what the join already says so that the table side
+// is always a primary-key probe of at most len(ids) rows: statistics taken
+// while no step was claimed (an idle queue) make "state = 'claimed'" look
+// empty, and the planner then scanned the whole table and compared every
+// claimed row with every array element, on every heartbeat.
 const extendSQL = `
-UPDATE tasker_steps s SET visible_at = now() + $3::bigint * interval '1 microsecond'
-FROM unnest($1::bigint[], $2::bigint[]) AS c(id, token)
-WHERE s.id = c.id AND s.state = 'claimed' AND s.claim_token = c.token
-RETURNING s.id, s.claim_token`
+WITH c AS (
+	SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS c(id, token)
+), held AS (
+	SELECT s.id
+	FROM tasker_steps s
+	JOIN c ON c.id = s.id
+	WHERE s.id = ANY($1::bigint[]) AND s.state = 'claimed' AND s.claim_token = c.token
+	FOR UPDATE OF s SKIP LOCKED
+), extended AS (
+	UPDATE tasker_steps s SET visible_at = now() + $3::bigint * interval '1 microsecond'
+	FROM held
+	WHERE s.id = ANY($1::bigint[]) AND s.id = held.id
+	RETURNING s.id, s.claim_token
+)
+SELECT id, claim_token FROM extended
+UNION ALL
+SELECT s.id, s.claim_token
+FROM tasker_steps s
+JOIN c ON c.id = s.id
+WHERE s.id = ANY($1::bigint[]) AND s.state = 'claimed' AND s.claim_token = c.token
+  AND s.id NOT IN (SELECT id FROM held)`
 
 // Extend is the heartbeat: it pushes the visibility of steps still held with
 // these tokens to now+visibility, so a long-running handler is not
 // redelivered to another worker. It returns the claims that are no longer
 // held (redelivered elsewhere, or acknowledged); their handlers' results will
-// be fenced out, so the caller may stop them.
+// be fenced out, so the caller may stop them. It never waits for a row lock:
+// a claim whose row is locked at that moment (its result being settled) is
+// left as it is and counts as held.
 func (q *Queue) Extend(ctx context.Context, claims []Claim, visibility time.Duration) (lost []Claim, err error) {
 	if len(claims) == 0 {
 		return nil, nil
@@ -780,7 +813,7 @@ func (q *Queue) Complete(ctx context.Context, completions []Completion) ([]Compl
 		}
 		items = append(items, item{i: i, result: res, errJSON: errJSON, jitter: jitter})
 	}
-	// Rows in ascending id order: see Lock order.
+	// Rows in ascending id order: see "Lock order".
 	slices.SortFunc(items, func(a, b item) int { return compareClaims(completions[a.i].Claim, completions[b.i].Claim) })
 	var (
 		ids, tokens                = make([]int64, len(items)), make([]int64, len(items))

@@ -92,17 +92,52 @@ func envInt(name string, def int) int {
 	return def
 }
 
+// errorLog is a logr sink that drops info logs and counts errors, so a
+// benchmark notices (and reports) failures such as persist retries or failed
+// heartbeats instead of measuring through them silently.
+type errorLog struct {
+	n     atomic.Int64
+	mu    sync.Mutex
+	first []string
+}
+
+func (l *errorLog) Init(logr.RuntimeInfo)          {}
+func (l *errorLog) Enabled(int) bool               { return false }
+func (l *errorLog) Info(int, string, ...any)       {}
+func (l *errorLog) WithValues(...any) logr.LogSink { return l }
+func (l *errorLog) WithName(string) logr.LogSink   { return l }
+func (l *errorLog) Error(err error, msg string, _ ...any) {
+	l.n.Add(1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.first) < 3 {
+		l.first = append(l.first, fmt.Sprintf("%s: %v", msg, err))
+	}
+}
+
+// report adds the worker_errors metric and logs the first errors.
+func (l *errorLog) report(b *testing.B) {
+	b.ReportMetric(float64(l.n.Load()), "worker_errors")
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.first {
+		b.Logf("worker error: %s", e)
+	}
+}
+
 // benchWorker starts an in-process worker on a fresh database and returns it
-// with the database (whose queue the producer uses) and a stop function.
-func benchWorker(b *testing.B, cfg config.Config, reg *dispatch.Registry) (*Worker, *env, func()) {
+// with the database (whose queue the producer uses), a stop function, and
+// the worker's error log.
+func benchWorker(b *testing.B, cfg config.Config, reg *dispatch.Registry) (*Worker, *env, func(), *errorLog) {
 	b.Helper()
 	e := newEnv(b)
+	errs := &errorLog{}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	w, err := New(context.Background(), Options{Config: cfg, DatabaseURL: e.dsn, Handlers: reg, Listener: ln,
-		Logger: logr.Discard(), Version: "bench"})
+		Logger: logr.New(errs), Version: "bench"})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -120,7 +155,7 @@ func benchWorker(b *testing.B, cfg config.Config, reg *dispatch.Registry) (*Work
 		})
 	}
 	b.Cleanup(stop)
-	return w, e, stop
+	return w, e, stop, errs
 }
 
 // produce enqueues n steps in batches of benchProducerBatch from one
@@ -155,7 +190,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 		ran.Add(1)
 		return nil, nil
 	}))
-	w, e, stop := benchWorker(b, cfg, reg)
+	w, e, stop, errs := benchWorker(b, cfg, reg)
 	n := b.N
 	ctx := context.Background()
 	prof := startProfile(b)
@@ -199,10 +234,12 @@ func BenchmarkEndToEnd(b *testing.B) {
 	if c := counts(b, e); c["completed"] != n {
 		b.Fatalf("states after run: %v, want %d completed", c, n)
 	}
-	var upd, hot int64
-	if err := e.pool.QueryRow(ctx, `SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'tasker_steps'`).Scan(&upd, &hot); err != nil {
+	var upd, hot, seqScans, seqRows int64
+	if err := e.pool.QueryRow(ctx, `SELECT n_tup_upd, n_tup_hot_upd, seq_scan, seq_tup_read FROM pg_stat_user_tables WHERE relname = 'tasker_steps'`).
+		Scan(&upd, &hot, &seqScans, &seqRows); err != nil {
 		b.Fatal(err)
 	}
+	errs.report(b)
 	rate := float64(n) / elapsed.Seconds()
 	produced := time.Duration(producedIn.Load())
 	b.ReportMetric(rate, "steps/s")
@@ -214,8 +251,8 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.ReportMetric(cpu.self.Seconds()*1e6/float64(n), "go_cpu_us/step")
 	b.Logf("n=%d elapsed=%v steps/s=%.0f pgbench_tps=%.0f ratio=%.2f durable=%v pool=%d config: %s",
 		n, elapsed.Round(time.Millisecond), rate, pgb, rate/pgb, pgtest.Shared(b).Durable, w.pool.Config().MaxConns, benchConfigSummary(cfg))
-	b.Logf("goroutines=%d gc_cycles=%d alloc/step=%dB row updates=%d of which HOT=%d",
-		goroutines, ms1.NumGC-ms0.NumGC, (ms1.TotalAlloc-ms0.TotalAlloc)/uint64(n), upd, hot)
+	b.Logf("goroutines=%d gc_cycles=%d alloc/step=%dB row updates=%d of which HOT=%d; sequential scans of tasker_steps=%d reading %d rows",
+		goroutines, ms1.NumGC-ms0.NumGC, (ms1.TotalAlloc-ms0.TotalAlloc)/uint64(n), upd, hot, seqScans, seqRows)
 }
 
 // ---- latency ----
@@ -251,7 +288,7 @@ func BenchmarkNotifyLatency(b *testing.B) {
 		return nil, nil
 	}))
 	reg.MustRegister("noop", dispatch.HandlerFunc(func(context.Context, *dispatch.StepMessage) (json.RawMessage, error) { return nil, nil }))
-	w, e, _ := benchWorker(b, cfg, reg)
+	w, e, _, errs := benchWorker(b, cfg, reg)
 	ctx := context.Background()
 	// Warm up connections and statement caches.
 	if _, err := e.q.Enqueue(ctx, []queue.NewStep{{Queue: "default", Handler: "noop"}}); err != nil {
@@ -271,6 +308,7 @@ func BenchmarkNotifyLatency(b *testing.B) {
 	eventually(b, "all handlers ran", time.Minute, func() bool { return ran.Load() == int64(n) })
 	b.StopTimer()
 	pgss()
+	errs.report(b)
 
 	slices.Sort(lat)
 	b.ReportMetric(pctMS(lat, 0.50), "p50_ms")

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"sync"
+	"time"
 
 	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
 )
@@ -12,16 +13,22 @@ import (
 // expires and is redelivered rather than being extended forever).
 type claimSet struct {
 	mu sync.Mutex
-	m  map[int64]int64 // id → token
+	m  map[int64]heldClaim // by row id
 }
 
-func newClaimSet() *claimSet { return &claimSet{m: map[int64]int64{}} }
+type heldClaim struct {
+	token int64
+	since time.Time // when this worker received the claim
+}
+
+func newClaimSet() *claimSet { return &claimSet{m: map[int64]heldClaim{}} }
 
 func (s *claimSet) add(steps []queue.ClaimedStep) {
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, st := range steps {
-		s.m[st.ID] = st.Token
+		s.m[st.ID] = heldClaim{token: st.Token, since: now}
 	}
 }
 
@@ -31,18 +38,22 @@ func (s *claimSet) remove(claims ...queue.Claim) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range claims {
-		if s.m[c.ID] == c.Token {
+		if h, ok := s.m[c.ID]; ok && h.token == c.Token {
 			delete(s.m, c.ID)
 		}
 	}
 }
 
-func (s *claimSet) snapshot() []queue.Claim {
+// snapshot returns the claims held for at least minAge.
+func (s *claimSet) snapshot(minAge time.Duration) []queue.Claim {
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]queue.Claim, 0, len(s.m))
-	for id, tok := range s.m {
-		out = append(out, queue.Claim{ID: id, Token: tok})
+	for id, h := range s.m {
+		if now.Sub(h.since) >= minAge {
+			out = append(out, queue.Claim{ID: id, Token: h.token})
+		}
 	}
 	return out
 }

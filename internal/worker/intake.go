@@ -116,17 +116,26 @@ func message(s queue.ClaimedStep) dispatch.StepMessage {
 // heartbeat extends the visibility of every held claim each heartbeat
 // interval, so a long handler keeps its step. A claim that was lost (it
 // expired and another worker took it) is dropped; its result will be fenced.
+//
+// Claims received less than heartbeatMinAge ago are left for the next beat:
+// their visibility was just set, and at high throughput they are the
+// thousands of steps whose results are being settled at that very moment,
+// whose rows the heartbeat would otherwise lock for a second, stalling the
+// settles. A claim is still extended within one interval plus
+// heartbeatMinAge of being received, which heartbeatMinAge keeps well inside
+// the visibility timeout.
 func (w *Worker) heartbeat(ctx context.Context) {
 	qc := w.cfg.Worker.Queue
 	t := time.NewTicker(qc.HeartbeatInterval())
 	defer t.Stop()
+	minAge := heartbeatMinAge(qc.HeartbeatInterval(), qc.VisibilityTimeout())
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		claims := w.claims.snapshot()
+		claims := w.claims.snapshot(minAge)
 		if len(claims) == 0 {
 			continue
 		}
@@ -142,6 +151,15 @@ func (w *Worker) heartbeat(ctx context.Context) {
 			w.log.Info("claims lost before their results were settled; the steps were re-claimed elsewhere", "lost", len(lost))
 		}
 	}
+}
+
+// heartbeatMinAge is how old a claim must be for a heartbeat to extend it: a
+// quarter of the interval, at most one second, and at most half of the slack
+// between interval and visibility, so that the first extension (at the
+// latest interval + minAge after the claim) still comes before the claim
+// expires with half the margin an unfiltered heartbeat has.
+func heartbeatMinAge(interval, visibility time.Duration) time.Duration {
+	return max(0, min(interval/4, time.Second, (visibility-interval)/2))
 }
 
 // refreshStats keeps the queue depth and oldest-age gauges current.

@@ -42,9 +42,10 @@ type Options struct {
 	// Migrate applies the queue schema at start (idempotent and safe with
 	// several workers starting at once).
 	Migrate bool
-	// Backoff and Jitter override the queue's retry schedule (tests).
+	// Backoff overrides the queue's retry schedule (tests use short ones).
 	Backoff []time.Duration
-	Jitter  func() float64
+	// Jitter overrides the retry delay multiplier (tests use queue.NoJitter).
+	Jitter func() float64
 }
 
 // Worker is one running worker process's core.
