@@ -187,6 +187,20 @@ func connect(ctx context.Context, dbURL string) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
+// openQueue connects to the queue database for the CLI's one-shot commands.
+func openQueue(ctx context.Context, dbURL string) (*queue.Queue, func(), error) {
+	pool, err := connect(ctx, dbURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	qu, err := queue.New(pool, queue.Options{}, nil)
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return qu, pool.Close, nil
+}
+
 func cmdMigrate(args []string, stdout io.Writer) error {
 	fs := newFlags("migrate")
 	dbURL := fs.String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL)")
@@ -257,15 +271,11 @@ func cmdEnqueue(args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	pool, err := connect(ctx, *dbURL)
+	qu, closeQueue, err := openQueue(ctx, *dbURL)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	qu, err := queue.New(pool, queue.Options{}, nil)
-	if err != nil {
-		return err
-	}
+	defer closeQueue()
 	const chunk = 5000
 	added := 0
 	for i := 0; i < len(steps); i += chunk {
@@ -336,15 +346,11 @@ func cmdStats(args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := connect(ctx, *dbURL)
+	qu, closeQueue, err := openQueue(ctx, *dbURL)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	qu, err := queue.New(pool, queue.Options{}, nil)
-	if err != nil {
-		return err
-	}
+	defer closeQueue()
 	stats, err := qu.Stats(ctx)
 	if err != nil {
 		return err
