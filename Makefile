@@ -50,6 +50,24 @@ fmt-check: ## Fail, listing them, if any Go files are not gofmt-formatted
 vet: ## Run go vet on every package
 	$(GO) vet ./...
 
+##@ Generate
+
+.PHONY: manifests
+manifests: ## Generate the WorkerPool CRD (config/crd/bases) from api/ with controller-gen
+	$(TOOLS) controller-gen crd paths=./api/... output:crd:artifacts:config=config/crd/bases
+
+.PHONY: generate
+generate: ## Generate deepcopy code for api/ with controller-gen
+	$(TOOLS) controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/...
+
+.PHONY: verify-generated
+verify-generated: manifests generate ## Fail if the committed CRD or deepcopy code differs from what controller-gen generates
+	@git diff --exit-code -- config/crd api || { echo "generated files are stale: run 'make manifests generate' and commit"; exit 1; }
+
+.PHONY: envtest
+envtest: ## Build (or reuse) kube-apiserver and etcd for envtest, cached in ~/.cache/workerpool-operator
+	@bash hack/build-envtest.sh >/dev/null
+
 ##@ Build
 
 .PHONY: build
@@ -85,8 +103,8 @@ test: export TASKER_WORKER_BIN := $(BIN)/tasker-worker
 test: export TASKERWORKER_LIB := $(BIN)/libtaskerworker.so
 
 .PHONY: test
-test: test-deps build ## Run the whole test suite with -race, then fuzz the config parser and the FFI result decoder briefly
-	$(GO) test -race -count=1 -timeout 20m ./...
+test: test-deps verify-generated build envtest ## Run the whole test suite with -race, then fuzz the config parser and the FFI result decoder briefly
+	KUBEBUILDER_ASSETS="$$(bash hack/build-envtest.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/config/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeResult -fuzztime=10s ./internal/ffi/
 

@@ -1,0 +1,332 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Duration is a Go duration string ("30s", "500ms"). It is validated in the
+// schema (pattern, and CEL duration() for positivity) because an unparseable
+// duration stored in etcd would break every client that decodes the object.
+// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+// +kubebuilder:validation:MaxLength=32
+type Duration string
+
+// WorkerPoolSpec declares a pool of Tasker step workers.
+type WorkerPoolSpec struct {
+	// Replicas is the number of worker pods; also driven through /scale.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Image is the worker image (tasker-worker, or a runtime embedding libtaskerworker).
+	// +kubebuilder:validation:MinLength=1
+	Image string `json:"image"`
+
+	// ImagePullPolicy of the worker container.
+	// +kubebuilder:default=IfNotPresent
+	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
+	// +optional
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+
+	// Command overrides the image's entrypoint (e.g. a Python or Ruby runtime).
+	// +optional
+	Command []string `json:"command,omitempty"`
+	// Args are passed to the command.
+	// +optional
+	Args []string `json:"args,omitempty"`
+	// Env adds environment variables to the worker container.
+	// +optional
+	Env []corev1.EnvVar `json:"env,omitempty"`
+	// Resources of the worker container.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+	// NodeSelector, Tolerations and Affinity schedule the pods.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// Tolerations of the worker pods.
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// Affinity of the worker pods.
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// ServiceAccountName the pods run as.
+	// +optional
+	ServiceAccountName string `json:"serviceAccountName,omitempty"`
+	// PodLabels are added to the pods (the pool's selector label is always set).
+	// +optional
+	PodLabels map[string]string `json:"podLabels,omitempty"`
+	// PodAnnotations are added to the pods.
+	// +optional
+	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
+
+	// Queue is the PostgreSQL step queue the pool consumes.
+	Queue QueueSpec `json:"queue"`
+
+	// Dispatch tunes the native dispatch core ([worker.mpsc_channels.handler_dispatch]).
+	// +kubebuilder:default={}
+	// +optional
+	Dispatch DispatchSpec `json:"dispatch,omitempty"`
+
+	// FFI tunes the channel foreign handlers poll ([worker.mpsc_channels.ffi_dispatch]).
+	// +kubebuilder:default={}
+	// +optional
+	FFI FFISpec `json:"ffi,omitempty"`
+
+	// Drain bounds the SIGTERM drain.
+	// +kubebuilder:default={}
+	// +optional
+	Drain DrainSpec `json:"drain,omitempty"`
+}
+
+// QueueSpec is [worker.queue].
+type QueueSpec struct {
+	// Namespaces are the step queues this pool consumes.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
+	// +listType=set
+	Namespaces []QueueName `json:"namespaces"`
+	// DatabaseSecretRef names the Secret key holding the PostgreSQL URL (DATABASE_URL).
+	DatabaseSecretRef corev1.SecretKeySelector `json:"databaseSecretRef"`
+	// VisibilityTimeout is how long a claimed step stays invisible to other workers.
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be a positive duration such as 30s"
+	// +optional
+	VisibilityTimeout Duration `json:"visibilityTimeout,omitempty"`
+	// BatchSize is the most steps claimed at once.
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	// +optional
+	BatchSize int32 `json:"batchSize,omitempty"`
+	// PollInterval is the wait between polls that found nothing.
+	// +kubebuilder:default="500ms"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be a positive duration such as 500ms"
+	// +optional
+	PollInterval Duration `json:"pollInterval,omitempty"`
+}
+
+// QueueName is a step queue (namespace) name.
+// +kubebuilder:validation:Pattern=`^[a-z0-9][a-z0-9_-]*$`
+// +kubebuilder:validation:MaxLength=63
+type QueueName string
+
+// DispatchSpec is [worker.mpsc_channels.handler_dispatch].
+// The has() guards let the API server validate the block's own default ({})
+// before nested defaults apply; stored objects always have both fields.
+// +kubebuilder:validation:XValidation:rule="!has(self.saturationWarningPercent) || !has(self.saturationCriticalPercent) || self.saturationWarningPercent < self.saturationCriticalPercent",message="saturationWarningPercent must be below saturationCriticalPercent"
+type DispatchSpec struct {
+	// DispatchBufferSize bounds steps waiting for a handler.
+	// +kubebuilder:default=1000
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	// +optional
+	DispatchBufferSize int32 `json:"dispatchBufferSize,omitempty"`
+	// CompletionBufferSize bounds results waiting to be persisted.
+	// +kubebuilder:default=1000
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	// +optional
+	CompletionBufferSize int32 `json:"completionBufferSize,omitempty"`
+	// MaxConcurrentHandlers is the number of concurrency permits per pod.
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	// +optional
+	MaxConcurrentHandlers int32 `json:"maxConcurrentHandlers,omitempty"`
+	// HandlerTimeout bounds a handler unless the step carries its own timeout.
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be a positive duration such as 30s"
+	// +optional
+	HandlerTimeout Duration `json:"handlerTimeout,omitempty"`
+	// CompletionSendTimeout bounds how long a result waits for room in the completion channel.
+	// +kubebuilder:default="10s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be a positive duration such as 10s"
+	// +optional
+	CompletionSendTimeout Duration `json:"completionSendTimeout,omitempty"`
+	// SaturationWarningPercent: completion saturation at or above it sets Backpressure (Warning).
+	// +kubebuilder:default=80
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	SaturationWarningPercent int32 `json:"saturationWarningPercent,omitempty"`
+	// SaturationCriticalPercent: at or above it Backpressure's reason is Critical.
+	// +kubebuilder:default=95
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	SaturationCriticalPercent int32 `json:"saturationCriticalPercent,omitempty"`
+}
+
+// CallbackStrategy is how long a completing thread waits for the post-handler callback.
+// +kubebuilder:validation:Enum=Blocking;BlockingWithTimeout;FireAndForget
+type CallbackStrategy string
+
+// FFISpec is [worker.mpsc_channels.ffi_dispatch].
+// The has() guards let the API server validate the block's own default ({})
+// before nested defaults apply; stored objects always have these fields.
+// +kubebuilder:validation:XValidation:rule="!has(self.starvationWarningThreshold) || !has(self.completionTimeout) || duration(self.starvationWarningThreshold) < duration(self.completionTimeout)",message="starvationWarningThreshold must be below completionTimeout"
+// +kubebuilder:validation:XValidation:rule="!has(self.callbackStrategy) || self.callbackStrategy == 'Blocking' || (has(self.callbackTimeout) && duration(self.callbackTimeout) > duration('0s'))",message="callbackTimeout must be a positive duration unless callbackStrategy is Blocking"
+type FFISpec struct {
+	// Enabled makes foreign handlers (through libtaskerworker) consume the pool's steps.
+	// +kubebuilder:default=false
+	// +optional
+	Enabled bool `json:"enabled"`
+	// DispatchBufferSize bounds events waiting to be polled.
+	// +kubebuilder:default=1000
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	// +optional
+	DispatchBufferSize int32 `json:"dispatchBufferSize,omitempty"`
+	// CompletionTimeout turns a polled event that is not completed into an ffi_timeout failure.
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be a positive duration such as 30s"
+	// +optional
+	CompletionTimeout Duration `json:"completionTimeout,omitempty"`
+	// StarvationWarningThreshold: a pending event older than this is starving.
+	// +kubebuilder:default="10s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be a positive duration such as 10s"
+	// +optional
+	StarvationWarningThreshold Duration `json:"starvationWarningThreshold,omitempty"`
+	// CallbackTimeout bounds the post-handler callback (required unless Blocking).
+	// +kubebuilder:default="5s"
+	// +optional
+	CallbackTimeout Duration `json:"callbackTimeout,omitempty"`
+	// CallbackStrategy: Blocking, BlockingWithTimeout or FireAndForget.
+	// +kubebuilder:default=FireAndForget
+	// +optional
+	CallbackStrategy CallbackStrategy `json:"callbackStrategy,omitempty"`
+}
+
+// DrainSpec is [worker.drain].
+type DrainSpec struct {
+	// Timeout is how long in-flight steps may finish after SIGTERM; the pods'
+	// termination grace period is this plus a margin.
+	// +kubebuilder:default="60s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be a positive duration such as 60s"
+	// +optional
+	Timeout Duration `json:"timeout,omitempty"`
+}
+
+// DispatchStatus aggregates the pods' dispatch cores.
+type DispatchStatus struct {
+	// InFlight is the handlers running across ready pods.
+	InFlight int32 `json:"inFlight"`
+	// Capacity is the permits across ready pods.
+	Capacity int32 `json:"capacity"`
+	// CompletionSaturationPercent is the highest completion-channel fill among pods.
+	CompletionSaturationPercent int32 `json:"completionSaturationPercent"`
+}
+
+// FFIStatus aggregates the pods' FFI channels.
+type FFIStatus struct {
+	// PendingEvents is the FFI events polled and not completed, across pods.
+	PendingEvents int32 `json:"pendingEvents"`
+	// OldestPendingAge is the oldest pending event's age among pods.
+	// +optional
+	OldestPendingAge string `json:"oldestPendingAge,omitempty"`
+	// StarvingEvents counts pending events older than the starvation threshold.
+	StarvingEvents int32 `json:"starvingEvents"`
+}
+
+// PodMetrics is one pod's view, for kubectl describe (worst first).
+type PodMetrics struct {
+	// Name of the pod.
+	Name string `json:"name"`
+	// Ready is the pod's readiness.
+	Ready bool `json:"ready"`
+	// InFlight is the pod's running handlers.
+	InFlight int32 `json:"inFlight"`
+	// PendingEvents is the pod's pending FFI events.
+	PendingEvents int32 `json:"pendingEvents"`
+	// OldestPendingAge is the pod's oldest pending FFI event's age.
+	// +optional
+	OldestPendingAge string `json:"oldestPendingAge,omitempty"`
+	// CompletionSaturationPercent is the pod's completion-channel fill.
+	CompletionSaturationPercent int32 `json:"completionSaturationPercent"`
+}
+
+// WorkerPoolStatus is what the operator observed: replica counts from the
+// Deployment and what each ready pod's /metrics reported.
+type WorkerPoolStatus struct {
+	// ObservedGeneration is the spec generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Replicas, ReadyReplicas and UpdatedReplicas come from the Deployment.
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+	// ReadyReplicas is the number of ready pods.
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	// UpdatedReplicas is the number of pods on the current template.
+	// +optional
+	UpdatedReplicas int32 `json:"updatedReplicas,omitempty"`
+	// Selector is the pods' label selector, for the scale subresource.
+	// +optional
+	Selector string `json:"selector,omitempty"`
+	// Dispatch aggregates the pods' dispatch cores.
+	// +optional
+	Dispatch DispatchStatus `json:"dispatch,omitempty"`
+	// FFI aggregates the pods' FFI channels.
+	// +optional
+	FFI FFIStatus `json:"ffi,omitempty"`
+	// CallbackTimeouts is the pods' post-handler callback timeouts.
+	// +optional
+	CallbackTimeouts int64 `json:"callbackTimeouts,omitempty"`
+	// SemaphoreAcquisitionFailures is the pods' dispatches without a permit.
+	// +optional
+	SemaphoreAcquisitionFailures int64 `json:"semaphoreAcquisitionFailures,omitempty"`
+	// LastScrapeTime is when the pods' metrics were last read.
+	// +optional
+	LastScrapeTime *metav1.Time `json:"lastScrapeTime,omitempty"`
+	// Pods is a bounded, worst-first list of pods, for kubectl describe.
+	// +kubebuilder:validation:MaxItems=20
+	// +optional
+	Pods []PodMetrics `json:"pods,omitempty"`
+	// Conditions: Ready, Available, Progressing, Starving, Backpressure, MetricsAvailable.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// WorkerPool runs a pool of Tasker step workers and reports their queue age
+// and channel saturation.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector
+// +kubebuilder:resource:shortName=wp
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Replicas",type=string,JSONPath=`.status.readyReplicas`
+// +kubebuilder:printcolumn:name="Pending",type=integer,JSONPath=`.status.ffi.pendingEvents`
+// +kubebuilder:printcolumn:name="Oldest",type=string,JSONPath=`.status.ffi.oldestPendingAge`
+// +kubebuilder:printcolumn:name="Saturation",type=integer,JSONPath=`.status.dispatch.completionSaturationPercent`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="InFlight",type=integer,JSONPath=`.status.dispatch.inFlight`,priority=1
+// +kubebuilder:printcolumn:name="Starving",type=string,JSONPath=`.status.conditions[?(@.type=="Starving")].status`,priority=1
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it names the pool's Deployment and Service"
+type WorkerPool struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec is the desired pool.
+	Spec WorkerPoolSpec `json:"spec,omitempty"`
+	// Status is what the operator observed.
+	// +optional
+	Status WorkerPoolStatus `json:"status,omitempty"`
+}
+
+// WorkerPoolList is a list of WorkerPools.
+// +kubebuilder:object:root=true
+type WorkerPoolList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	// Items are the pools.
+	Items []WorkerPool `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&WorkerPool{}, &WorkerPoolList{})
+}
