@@ -57,6 +57,9 @@ func run(m *testing.M) int {
 	}
 	cfg, err = env.Start()
 	if err != nil {
+		// Start can fail after launching etcd and the API server (e.g. a
+		// CRD the server refuses): stop them so no process outlives the test.
+		_ = env.Stop()
 		fmt.Fprintf(os.Stderr, "start envtest: %v\n", err)
 		return 1
 	}
