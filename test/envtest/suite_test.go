@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -66,6 +68,10 @@ func run(m *testing.M) int {
 	defer func() { _ = env.Stop() }()
 	k8s, err = client.New(cfg, client.Options{Scheme: scheme.Scheme})
 	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "samples"}}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
