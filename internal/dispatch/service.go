@@ -96,10 +96,10 @@ type HandlerDispatchService struct {
 	log        logr.Logger
 
 	// slots holds the latest step dispatched with each permit: the running
-	// one while the permit is held. Only the loop writes it; a finished
-	// step is left in place (its state says it is done) rather than
-	// cleared, so the handler's goroutine does not have to pull the
-	// loop's cache line over on every step.
+	// one while the permit is held. A finished step is left in place (its
+	// state says it is done) for the loop to overwrite or the watchdog to
+	// clear on its next pass, rather than cleared by the handler's
+	// goroutine, which would pull the loop's cache line over on every step.
 	slots []atomic.Pointer[stepState]
 	deadlineWatch
 	// running counts dispatched steps until their handler goroutine is done
@@ -392,7 +392,8 @@ func (s *HandlerDispatchService) expire(st *stepState) {
 }
 
 // release frees the step's permit. The step stays in its slot, marked
-// finished or timed out, until the loop reuses the slot.
+// finished or timed out, until the loop reuses the slot or the watchdog
+// clears it.
 func (s *HandlerDispatchService) release(st *stepState) {
 	s.sem.Release(st.permit)
 }

@@ -52,7 +52,12 @@ func (s *HandlerDispatchService) watchdog(stop <-chan struct{}) {
 			}
 			d := st.ctx.deadline.Load()
 			switch {
-			case d == 0 || st.state.Load() != stepRunning:
+			case st.state.Load() != stepRunning:
+				// Done with: drop it, so an idle service does not keep the
+				// last step of every permit (and its payload) alive. The
+				// loop may have put a newer step there meanwhile; keep that.
+				s.slots[i].CompareAndSwap(st, nil)
+			case d == 0: // handed to its goroutine, not started yet
 			case d <= now:
 				go s.expire(st)
 			default:
