@@ -261,8 +261,10 @@ func TestSweeperDeliversTimeoutsWithoutLoss(t *testing.T) {
 	h.dispatch <- event(1)
 	m := h.poll(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go h.ch.Run(ctx)
+	swept := make(chan struct{})
+	go func() { defer close(swept); h.ch.Run(ctx) }()
+	// The sweeper logs through t: it must be gone before the test ends.
+	defer func() { cancel(); <-swept }()
 	eventually(t, "timeout to come due", func() bool {
 		mm := h.ch.Metrics()
 		return mm.OldestPendingAgeMs != nil && *mm.OldestPendingAgeMs > 120
