@@ -53,8 +53,9 @@ vet: ## Run go vet on every package
 ##@ Generate
 
 .PHONY: manifests
-manifests: ## Generate the WorkerPool CRD (config/crd/bases) from api/ with controller-gen
-	$(TOOLS) controller-gen crd paths=./api/... output:crd:artifacts:config=config/crd/bases
+manifests: ## Generate the WorkerPool CRD (config/crd/bases) and the operator's ClusterRole (config/rbac/role.yaml) with controller-gen
+	$(TOOLS) controller-gen crd rbac:roleName=manager-role paths=./api/... paths=./controllers/... \
+		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 
 .PHONY: generate
 generate: ## Generate deepcopy code for api/ with controller-gen
@@ -62,7 +63,7 @@ generate: ## Generate deepcopy code for api/ with controller-gen
 
 .PHONY: verify-generated
 verify-generated: manifests generate ## Fail if the committed CRD or deepcopy code differs from what controller-gen generates
-	@git diff --exit-code -- config/crd api || { echo "generated files are stale: run 'make manifests generate' and commit"; exit 1; }
+	@git diff --exit-code -- config/crd config/rbac/role.yaml api || { echo "generated files are stale: run 'make manifests generate' and commit"; exit 1; }
 
 .PHONY: envtest
 envtest: ## Build (or reuse) kube-apiserver and etcd for envtest, cached in ~/.cache/workerpool-operator
@@ -71,13 +72,10 @@ envtest: ## Build (or reuse) kube-apiserver and etcd for envtest, cached in ~/.c
 ##@ Build
 
 .PHONY: build
-build: lib ## Build tasker-worker, libtaskerworker.so (and the operator, once cmd/manager exists) into BIN (default bin/)
+build: lib ## Build tasker-worker, libtaskerworker.so and the operator (manager) into BIN (default bin/)
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/tasker-worker ./cmd/tasker-worker
-	@if [ -d cmd/manager ]; then \
-		echo "$(GO) build -o $(BIN)/manager ./cmd/manager"; \
-		$(GO) build -o $(BIN)/manager ./cmd/manager; \
-	fi
+	$(GO) build -o $(BIN)/manager ./cmd/manager
 
 .PHONY: lib
 lib: ## Build the C ABI for foreign handlers: BIN/libtaskerworker.so and its header BIN/taskerworker.h
@@ -90,6 +88,14 @@ lib: ## Build the C ABI for foreign handlers: BIN/libtaskerworker.so and its hea
 .PHONY: run-worker
 run-worker: test-deps build ## Run a worker end to end: local PostgreSQL, a stream of steps, live queue stats, SIGTERM drain
 	BIN=$(BIN) bash hack/run-worker.sh
+
+# Flags for `make run`, e.g. `make run ARGS="--watch-namespaces=shop --status-interval=5s"`.
+ARGS ?=
+
+.PHONY: run
+run: manifests generate ## Run the operator on this machine against the current kubeconfig (installs the CRD first)
+	kubectl apply --server-side --force-conflicts -f config/crd/bases
+	$(GO) run ./cmd/manager --metrics-secure=false --metrics-bind-address=127.0.0.1:8080 --health-probe-bind-address=127.0.0.1:8081 $(ARGS)
 
 ##@ Test
 

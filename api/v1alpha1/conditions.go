@@ -43,4 +43,30 @@ const (
 	// ReasonRollingOut and ReasonRolledOut explain Progressing.
 	ReasonRollingOut = "RollingOut"
 	ReasonRolledOut  = "RolledOut"
+	// ReasonProgressDeadlineExceeded: the Deployment stopped making progress
+	// (image pull errors, crash loops, unschedulable pods).
+	ReasonProgressDeadlineExceeded = "ProgressDeadlineExceeded"
+	// ReasonNoReadyPods: there is no ready pod to read metrics from, so the
+	// metric-based conditions are Unknown rather than a guess.
+	ReasonNoReadyPods = "NoReadyPods"
+	// ReasonFFIDisabled: the pool runs no foreign handlers, so nothing can starve.
+	ReasonFFIDisabled = "FFIDisabled"
+	// ReasonInvalidSpec: the spec passed the schema but the worker would
+	// refuse the configuration rendered from it; the message says why.
+	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonPoolReady: available, rolled out and measured.
+	ReasonPoolReady = "PoolReady"
+)
+
+// Labels and annotations the operator puts on the objects it manages. They
+// are exported so that tools and tests select a pool's pods the same way the
+// operator does.
+const (
+	// PoolLabel selects a pool's pods; its value is the pool's name.
+	PoolLabel = "workers.tasker.dev/pool"
+	// ConfigHashAnnotation on the pod template carries a hash of worker.toml,
+	// so that a configuration change rolls the pods.
+	ConfigHashAnnotation = "workers.tasker.dev/config-hash"
+	// MetricsPortName is the container port the operator scrapes.
+	MetricsPortName = "metrics"
 )

@@ -246,6 +246,10 @@ type PodMetrics struct {
 	OldestPendingAge string `json:"oldestPendingAge,omitempty"`
 	// CompletionSaturationPercent is the pod's completion-channel fill.
 	CompletionSaturationPercent int32 `json:"completionSaturationPercent"`
+	// ScrapeError says why the pod's metrics could not be read, so that
+	// kubectl describe shows which pod to look at and why.
+	// +optional
+	ScrapeError string `json:"scrapeError,omitempty"`
 }
 
 // WorkerPoolStatus is what the operator observed: replica counts from the
@@ -307,6 +311,7 @@ type WorkerPoolStatus struct {
 // +kubebuilder:printcolumn:name="InFlight",type=integer,JSONPath=`.status.dispatch.inFlight`,priority=1
 // +kubebuilder:printcolumn:name="Starving",type=string,JSONPath=`.status.conditions[?(@.type=="Starving")].status`,priority=1
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it names the pool's Deployment and Service"
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must start with a letter and contain only lowercase letters, digits and '-' (a DNS-1035 label): it names the pool's Service"
 type WorkerPool struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

@@ -76,6 +76,8 @@ func TestValidationRulesNameTheField(t *testing.T) {
 		}, []string{"spec.ffi", "callbackTimeout must be a positive duration unless callbackStrategy is Blocking"}},
 		{"unknown callback strategy", func(w *v1.WorkerPool) { w.Spec.FFI.CallbackStrategy = "Eventually" }, []string{"spec.ffi.callbackStrategy", "Blocking", "FireAndForget"}},
 		{"name too long for its Deployment", func(w *v1.WorkerPool) { w.Name = strings.Repeat("p", 64) }, []string{"metadata.name must be at most 63 characters"}},
+		{"name with a dot, which no Service may have", func(w *v1.WorkerPool) { w.Name = "payments.v2" }, []string{"metadata.name must start with a letter", "DNS-1035"}},
+		{"name starting with a digit", func(w *v1.WorkerPool) { w.Name = "2payments" }, []string{"metadata.name must start with a letter"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

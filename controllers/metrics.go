@@ -1,0 +1,99 @@
+package controllers
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
+)
+
+// PoolMetrics are the operator's per-pool series, served beside
+// controller-runtime's own on the manager's metrics endpoint. They let one
+// Prometheus scrape of the operator alert on every pool, and the condition
+// gauge lets alert rules fire on Starving or Backpressure without a
+// kube-state-metrics custom-resource config.
+type PoolMetrics struct {
+	pending      *prometheus.GaugeVec
+	oldestAge    *prometheus.GaugeVec
+	saturation   *prometheus.GaugeVec
+	ready        *prometheus.GaugeVec
+	scrapeErrors *prometheus.CounterVec
+	condition    *prometheus.GaugeVec
+	scrapePass   prometheus.Histogram
+}
+
+var poolLabels = []string{"namespace", "workerpool"}
+
+// NewPoolMetrics registers the per-pool series with reg.
+func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
+	m := &PoolMetrics{
+		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_ffi_pending_events",
+			Help: "FFI events polled and not completed, summed over the pool's ready pods."}, poolLabels),
+		oldestAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_ffi_oldest_pending_age_seconds",
+			Help: "Age of the oldest pending FFI event among the pool's pods."}, poolLabels),
+		saturation: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_completion_saturation_ratio",
+			Help: "Highest completion-channel fill (0..1) among the pool's pods."}, poolLabels),
+		ready: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_ready_replicas",
+			Help: "Ready worker pods of the pool."}, poolLabels),
+		scrapeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_scrape_errors_total",
+			Help: "Pod metrics scrapes that failed, per pool."}, poolLabels),
+		condition: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_status_condition",
+			Help: "1 for the pool condition's current status (True, False or Unknown), 0 for the others."},
+			append(poolLabels[:2:2], "type", "status")),
+		scrapePass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "workerpool_scrape_pass_duration_seconds",
+			Help: "Time to scrape all ready pods of one pool.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
+	}
+	for _, c := range []prometheus.Collector{m.pending, m.oldestAge, m.saturation, m.ready, m.scrapeErrors, m.condition, m.scrapePass} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// observe records a pool's new status.
+func (m *PoolMetrics) observe(pool *v1.WorkerPool, st *v1.WorkerPoolStatus, scrapeErrors int) {
+	if m == nil {
+		return
+	}
+	l := prometheus.Labels{"namespace": pool.Namespace, "workerpool": pool.Name}
+	m.pending.With(l).Set(float64(st.FFI.PendingEvents))
+	m.oldestAge.With(l).Set(parseAgeSeconds(st.FFI.OldestPendingAge))
+	m.saturation.With(l).Set(float64(st.Dispatch.CompletionSaturationPercent) / 100)
+	m.ready.With(l).Set(float64(st.ReadyReplicas))
+	m.scrapeErrors.With(l).Add(float64(scrapeErrors))
+	for _, c := range st.Conditions {
+		for _, s := range []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown} {
+			v := 0.0
+			if c.Status == s {
+				v = 1
+			}
+			m.condition.WithLabelValues(pool.Namespace, pool.Name, c.Type, string(s)).Set(v)
+		}
+	}
+}
+
+// forget drops a deleted pool's series, so they do not linger as stale
+// values that alerts keep firing on.
+func (m *PoolMetrics) forget(namespace, name string) {
+	if m == nil {
+		return
+	}
+	l := prometheus.Labels{"namespace": namespace, "workerpool": name}
+	m.pending.Delete(l)
+	m.oldestAge.Delete(l)
+	m.saturation.Delete(l)
+	m.ready.Delete(l)
+	m.scrapeErrors.Delete(l)
+	m.condition.DeletePartialMatch(l)
+}
+
+func parseAgeSeconds(s string) float64 {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0
+	}
+	return d.Seconds()
+}

@@ -1,0 +1,226 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	corev1 "k8s.io/api/core/v1"
+
+	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
+)
+
+// Worker metric names the status is built from (ARCHITECTURE.md's contract).
+const (
+	metricInFlight          = "tasker_dispatch_in_flight"
+	metricCapacity          = "tasker_dispatch_capacity"
+	metricSaturation        = "tasker_channel_completion_saturation"
+	metricPending           = "tasker_ffi_pending_events"
+	metricOldestAge         = "tasker_ffi_oldest_event_age_ms"
+	metricStarving          = "tasker_ffi_starving_events"
+	metricCallbackTimeouts  = "tasker_callback_timeouts_total"
+	metricSemaphoreFailures = "tasker_semaphore_acquisition_failures_total"
+)
+
+// maxMetricsBody bounds what one pod may send: a worker's page is a few
+// tens of KiB, and a misbehaving pod must not balloon the operator.
+const maxMetricsBody = 4 << 20
+
+// acceptHeader asks for the protobuf exposition (cheaper to parse across
+// hundreds of pods) and falls back to text, as Prometheus does.
+const acceptHeader = `application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3`
+
+// Scraper reads the workers' /metrics with a per-pod timeout and bounded
+// concurrency, so one slow or dead pod cannot hold up a pool's status and
+// a big pool cannot open thousands of connections at once.
+type Scraper struct {
+	// Client does the requests; its connections are reused across passes.
+	Client *http.Client
+	// Timeout bounds one pod's scrape.
+	Timeout time.Duration
+	// Concurrency bounds scrapes in flight across all pools.
+	Concurrency int
+
+	once sync.Once
+	sem  chan struct{}
+}
+
+// NewScraper returns a Scraper with a transport tuned for many small
+// requests to many pods.
+func NewScraper(timeout time.Duration, concurrency int) *Scraper {
+	if concurrency < 1 {
+		concurrency = 1
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil // pod IPs are never reached through a proxy
+	tr.MaxIdleConns = 4 * concurrency
+	tr.MaxIdleConnsPerHost = 2
+	tr.IdleConnTimeout = 2 * time.Minute
+	tr.DisableCompression = false
+	return &Scraper{Client: &http.Client{Transport: tr}, Timeout: timeout, Concurrency: concurrency}
+}
+
+// scrapeTarget is one pod to read.
+type scrapeTarget struct {
+	Pod string
+	URL string
+}
+
+// targetFor returns the metrics URL of a pod: its IP and the port named
+// "metrics" (9090 when the pod declares none).
+func targetFor(pod *corev1.Pod) (scrapeTarget, error) {
+	if pod.Status.PodIP == "" {
+		return scrapeTarget{}, errors.New("pod has no IP yet")
+	}
+	port := int32(MetricsPort)
+	for _, c := range pod.Spec.Containers {
+		for _, p := range c.Ports {
+			if p.Name == v1.MetricsPortName {
+				port = p.ContainerPort
+			}
+		}
+	}
+	return scrapeTarget{Pod: pod.Name, URL: "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(int(port))) + "/metrics"}, nil
+}
+
+// ScrapeAll reads every target and returns one result per target, in order.
+func (s *Scraper) ScrapeAll(ctx context.Context, targets []scrapeTarget) ([]*podSample, []error) {
+	s.once.Do(func() { s.sem = make(chan struct{}, max(1, s.Concurrency)) })
+	samples, errs := make([]*podSample, len(targets)), make([]error, len(targets))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		select {
+		case s.sem <- struct{}{}:
+		case <-ctx.Done():
+			for j := i; j < len(targets); j++ {
+				errs[j] = ctx.Err()
+			}
+			wg.Wait()
+			return samples, errs
+		}
+		wg.Go(func() {
+			defer func() { <-s.sem }()
+			samples[i], errs[i] = s.scrape(ctx, t)
+		})
+	}
+	wg.Wait()
+	return samples, errs
+}
+
+func (s *Scraper) scrape(ctx context.Context, t scrapeTarget) (*podSample, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.URL, nil)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", t.URL, err)
+	}
+	req.Header.Set("Accept", acceptHeader)
+	resp, err := s.Client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("scrape %s: no answer within %s", t.URL, s.Timeout)
+		}
+		return nil, fmt.Errorf("scrape %s: %w", t.URL, errors.Unwrap(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return nil, fmt.Errorf("scrape %s: HTTP %d", t.URL, resp.StatusCode)
+	}
+	sample, err := parseSample(io.LimitReader(resp.Body, maxMetricsBody), expfmt.ResponseFormat(resp.Header))
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", t.URL, err)
+	}
+	return sample, nil
+}
+
+// parseSample decodes a metrics page and keeps the families the status
+// needs. A page without the dispatch gauges is not a worker's, and is
+// refused rather than read as an idle pod.
+func parseSample(r io.Reader, format expfmt.Format) (*podSample, error) {
+	dec := expfmt.NewDecoder(r, format)
+	var s podSample
+	worker := false
+	for {
+		var mf dto.MetricFamily
+		if err := dec.Decode(&mf); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return nil, fmt.Errorf("parse metrics: %w", err)
+		}
+		var into *float64
+		combine := familySum
+		switch mf.GetName() {
+		case metricInFlight:
+			into = &s.InFlight
+		case metricCapacity:
+			into, worker = &s.Capacity, true
+		case metricSaturation:
+			into, combine = &s.CompletionSaturation, familyMax
+		case metricPending:
+			into = &s.PendingEvents
+		case metricOldestAge:
+			into, combine = &s.OldestPendingAgeMs, familyMax
+		case metricStarving:
+			into = &s.StarvingEvents
+		case metricCallbackTimeouts:
+			into = &s.CallbackTimeouts
+		case metricSemaphoreFailures:
+			into = &s.SemaphoreFailures
+		default:
+			continue
+		}
+		*into = combine(&mf)
+	}
+	if !worker {
+		return nil, fmt.Errorf("parse metrics: no %s: not a tasker-worker metrics page", metricCapacity)
+	}
+	return &s, nil
+}
+
+// familySum adds up a family's series (a worker exposes one per name; a
+// runtime that embeds several channels may expose more).
+func familySum(mf *dto.MetricFamily) float64 {
+	var sum float64
+	for _, m := range mf.GetMetric() {
+		sum += value(m)
+	}
+	return sum
+}
+
+// familyMax is the worst series, for fills and ages, which do not add up.
+func familyMax(mf *dto.MetricFamily) float64 {
+	var worst float64
+	for _, m := range mf.GetMetric() {
+		worst = max(worst, value(m))
+	}
+	return worst
+}
+
+// value reads a sample; NaN and infinities (a broken exporter) count as 0
+// rather than poisoning the pool's aggregates.
+func value(m *dto.Metric) float64 {
+	var v float64
+	switch {
+	case m.GetGauge() != nil:
+		v = m.GetGauge().GetValue()
+	case m.GetCounter() != nil:
+		v = m.GetCounter().GetValue()
+	case m.GetUntyped() != nil:
+		v = m.GetUntyped().GetValue()
+	}
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0
+	}
+	return v
+}
