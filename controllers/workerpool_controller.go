@@ -31,6 +31,10 @@ import (
 // FieldOwner names the operator in managedFields and events.
 const FieldOwner = "workerpool-operator"
 
+// conflictRetry is how soon a pool whose status write lost a race is
+// reconciled again: long enough for the cache to catch up.
+const conflictRetry = 200 * time.Millisecond
+
 // WorkerPoolReconciler keeps each pool's children in line with its spec and
 // its status in line with what the pods measure.
 type WorkerPoolReconciler struct {
@@ -87,6 +91,11 @@ func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	r.Metrics.observe(pool, &next, countErrors(obs.Pods))
 	if statusNeedsWrite(pool.Status, next) {
 		if err := r.writeStatus(ctx, pool, next); err != nil {
+			if apierrors.IsConflict(err) {
+				// The cache had not caught up with a newer pool yet: try again
+				// with it. Not an error worth a log line.
+				return ctrl.Result{RequeueAfter: conflictRetry}, nil
+			}
 			return ctrl.Result{}, err
 		}
 		log.V(1).Info("status written", "ready", next.ReadyReplicas, "pending", next.FFI.PendingEvents,
@@ -300,14 +309,14 @@ func (r *WorkerPoolReconciler) emitEvents(pool *v1.WorkerPool, evs []conditionEv
 	}
 }
 
-// writeStatus is the reconcile's single status write: a merge patch of
-// the status subresource, guarded by the resourceVersion read at the start
-// so a concurrent change (a new generation) is never overwritten with stale
-// conditions; a conflict simply requeues.
+// writeStatus is the reconcile's single status write: the whole status,
+// guarded by the resourceVersion read at the start, so a concurrent change
+// (a new generation) is never overwritten with stale conditions; a conflict
+// simply requeues.
 func (r *WorkerPoolReconciler) writeStatus(ctx context.Context, pool *v1.WorkerPool, next v1.WorkerPoolStatus) error {
-	base := pool.DeepCopy()
+	pool = pool.DeepCopy()
 	pool.Status = next
-	if err := r.Status().Patch(ctx, pool, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+	if err := r.Status().Update(ctx, pool); err != nil {
 		return fmt.Errorf("write WorkerPool status: %w", err)
 	}
 	return nil

@@ -12,20 +12,43 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	workersv1alpha1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
+	"github.com/seed-a17b38e7/workerpool-operator/controllers"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/pgtest"
 )
 
 var (
 	cfg *rest.Config
 	k8s client.Client
+)
+
+// Namespaces the operator under test watches. Pools elsewhere ("default",
+// "samples") are left alone, so the API-only tests see no reconciler.
+const (
+	operatedNS = "operated"
+	benchNS    = "bench"
+)
+
+// Timing of the operator under test: a short status interval so status
+// tests follow metric changes quickly.
+const (
+	statusInterval = 300 * time.Millisecond
+	scrapeTimeout  = time.Second
 )
 
 // TestMain starts one API server for the package. KUBEBUILDER_ASSETS comes
@@ -71,11 +94,58 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "samples"}}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	for _, ns := range []string{"samples", operatedNS, benchNS} {
+		if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	stop, err := startOperator()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "start operator: %v\n", err)
 		return 1
 	}
-	return m.Run()
+	defer stop()
+	return pgtest.Run(m, pgtest.Options{})
+}
+
+// startOperator runs the real manager and reconciler, as cmd/manager wires
+// them, against the test API server. stop cancels it and waits for it.
+func startOperator() (stop func(), err error) {
+	log.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel())))
+	mgr, err := manager.New(cfg, manager.Options{
+		Scheme:                 scheme.Scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Cache:                  controllers.CacheOptions([]string{operatedNS, benchNS}),
+	})
+	if err != nil {
+		return nil, err
+	}
+	pm, err := controllers.NewPoolMetrics(ctrlmetrics.Registry)
+	if err != nil {
+		return nil, err
+	}
+	r := &controllers.WorkerPoolReconciler{
+		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder(controllers.FieldOwner),
+		Scraper: controllers.NewScraper(scrapeTimeout, 64), Metrics: pm, StatusInterval: statusInterval,
+	}
+	if err := r.SetupWithManager(mgr, 4); err != nil {
+		return nil, err
+	}
+	c, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(c) }()
+	if !mgr.GetCache().WaitForCacheSync(c) {
+		cancel()
+		return nil, fmt.Errorf("operator caches did not sync: %v", <-done)
+	}
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			fmt.Fprintf(os.Stderr, "operator: %v\n", err)
+		}
+	}, nil
 }
 
 func ctx(t *testing.T) context.Context {
@@ -85,3 +155,11 @@ func ctx(t *testing.T) context.Context {
 }
 
 func keyOf(o client.Object) client.ObjectKey { return client.ObjectKeyFromObject(o) }
+
+// zapLevel is info, or debug with WORKERPOOL_TEST_DEBUG=1.
+func zapLevel() zapcore.Level {
+	if os.Getenv("WORKERPOOL_TEST_DEBUG") == "1" {
+		return zapcore.DebugLevel
+	}
+	return zapcore.InfoLevel
+}

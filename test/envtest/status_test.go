@@ -1,0 +1,281 @@
+package envtest
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	dto "github.com/prometheus/client_model/go"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/config"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/pgtest"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
+)
+
+// The pool's status and conditions follow what its pods' metrics
+// endpoints report: aggregates, Starving appearing and clearing,
+// Backpressure Warning then Critical, MetricsAvailable naming a pod that
+// stops answering. Each transition of Starving and Backpressure is an event.
+func TestStatusFollowsThePodsMetrics(t *testing.T) {
+	wp := operatedPool("observed")
+	wp.Spec.Replicas = ptr(int32(2))
+	wp.Spec.FFI.Enabled = true
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	a, b := startEndpoint(t, "127.0.0.21"), startEndpoint(t, "127.0.0.22")
+	a.Set("tasker_dispatch_in_flight", 3)
+	b.Set("tasker_dispatch_in_flight", 4)
+	a.Set("tasker_channel_completion_saturation", 0.10)
+	a.Set("tasker_ffi_pending_events", 2)
+	a.Set("tasker_ffi_oldest_event_age_ms", 1500)
+	b.Set("tasker_ffi_pending_events", 1)
+	b.Set("tasker_callback_timeouts_total", 2)
+	b.Set("tasker_semaphore_acquisition_failures_total", 1)
+	rollOut(t, wp, 2)
+	addPod(t, wp, "observed-a", a.Addr)
+	addPod(t, wp, "observed-b", b.Addr)
+
+	got := waitForStatus(t, wp, "aggregates from both pods", func(w *v1.WorkerPool) bool {
+		return w.Status.Dispatch.Capacity == 20 && condition(w, v1.ConditionReady).Status == metav1.ConditionTrue
+	})
+	st := got.Status
+	if st.Dispatch != (v1.DispatchStatus{InFlight: 7, Capacity: 20, CompletionSaturationPercent: 10}) ||
+		st.FFI != (v1.FFIStatus{PendingEvents: 3, OldestPendingAge: "1.5s"}) || st.CallbackTimeouts != 2 ||
+		st.SemaphoreAcquisitionFailures != 1 || st.ReadyReplicas != 2 || st.LastScrapeTime == nil || len(st.Pods) != 2 ||
+		st.Pods[0].Name != "observed-a" || st.ObservedGeneration != got.Generation {
+		t.Fatalf("status %+v", st)
+	}
+	for typ, want := range map[string]metav1.ConditionStatus{v1.ConditionAvailable: "True", v1.ConditionProgressing: "False",
+		v1.ConditionMetricsAvailable: "True", v1.ConditionStarving: "False", v1.ConditionBackpressure: "False"} {
+		if c := condition(got, typ); c.Status != want || c.ObservedGeneration != got.Generation {
+			t.Errorf("%s %+v, want %s", typ, c, want)
+		}
+	}
+	cells := table(t, got)
+	if cells["Ready"] != "True" || cells["Replicas"] != "2" || cells["Pending"] != float64(3) || cells["Oldest"] != "1.5s" ||
+		cells["Saturation"] != float64(10) || cells["InFlight"] != float64(7) || cells["Starving"] != "False" {
+		t.Errorf("kubectl get columns %v", cells)
+	}
+
+	// Starving appears on the pod whose oldest event passes the threshold (10s)...
+	b.Set("tasker_ffi_oldest_event_age_ms", 12000)
+	b.Set("tasker_ffi_starving_events", 1)
+	got = waitForStatus(t, wp, "Starving=True", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionStarving).Status == metav1.ConditionTrue
+	})
+	if c := condition(got, v1.ConditionStarving); c.Reason != v1.ReasonEventsStarving || !strings.Contains(c.Message, "12s on pod observed-b (threshold 10s)") {
+		t.Errorf("Starving %+v", c)
+	}
+	if got.Status.FFI.StarvingEvents != 1 || got.Status.FFI.OldestPendingAge != "12s" || got.Status.Pods[0].Name != "observed-b" {
+		t.Errorf("status while starving %+v", got.Status)
+	}
+	waitForEvent(t, wp, "Starving", corev1.EventTypeWarning)
+	if v := conditionMetric(t, "observed", v1.ConditionStarving, "True"); v != 1 {
+		t.Errorf("workerpool_status_condition{type=Starving,status=True} = %v", v)
+	}
+	// ... and clears when the pollers catch up.
+	b.Set("tasker_ffi_oldest_event_age_ms", 0)
+	b.Set("tasker_ffi_starving_events", 0)
+	waitForStatus(t, wp, "Starving=False", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionStarving).Status == metav1.ConditionFalse
+	})
+	waitForEvent(t, wp, "StarvingCleared", corev1.EventTypeNormal)
+
+	// Backpressure: Warning at 80 %, Critical at 95 %.
+	a.Set("tasker_channel_completion_saturation", 0.85)
+	got = waitForStatus(t, wp, "Backpressure Warning", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionBackpressure).Reason == v1.ReasonSaturationWarning
+	})
+	if c := condition(got, v1.ConditionBackpressure); c.Status != metav1.ConditionTrue || got.Status.Dispatch.CompletionSaturationPercent != 85 {
+		t.Errorf("Backpressure %+v saturation %d", c, got.Status.Dispatch.CompletionSaturationPercent)
+	}
+	waitForEvent(t, wp, "BackpressureWarning", corev1.EventTypeWarning)
+	a.Set("tasker_channel_completion_saturation", 0.97)
+	waitForStatus(t, wp, "Backpressure Critical", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionBackpressure).Reason == v1.ReasonSaturationCritical
+	})
+	waitForEvent(t, wp, "BackpressureCritical", corev1.EventTypeWarning)
+	a.Set("tasker_channel_completion_saturation", 0.2)
+	waitForStatus(t, wp, "Backpressure cleared", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionBackpressure).Status == metav1.ConditionFalse
+	})
+	waitForEvent(t, wp, "BackpressureCleared", corev1.EventTypeNormal)
+
+	// A pod that stops answering is named; the other still counts.
+	b.Stop()
+	got = waitForStatus(t, wp, "MetricsAvailable=False", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionMetricsAvailable).Status == metav1.ConditionFalse
+	})
+	if c := condition(got, v1.ConditionMetricsAvailable); c.Reason != v1.ReasonScrapeFailed ||
+		!strings.Contains(c.Message, "1 of 2 ready pods could not be read: observed-b (") {
+		t.Errorf("MetricsAvailable %+v", c)
+	}
+	if c := condition(got, v1.ConditionReady); c.Status != metav1.ConditionFalse || c.Reason != v1.ReasonScrapeFailed {
+		t.Errorf("Ready %+v", c)
+	}
+	if got.Status.Dispatch.Capacity != 10 || got.Status.Pods[0].Name != "observed-b" || got.Status.Pods[0].ScrapeError == "" {
+		t.Errorf("status with one pod unreadable %+v", got.Status)
+	}
+	if v := scrapeErrorsMetric(t, "observed"); v < 1 {
+		t.Errorf("workerpool_scrape_errors_total = %v", v)
+	}
+}
+
+// conditionMetric reads workerpool_status_condition from the operator's registry.
+func conditionMetric(t *testing.T, pool, typ, status string) float64 {
+	t.Helper()
+	return operatorMetric(t, "workerpool_status_condition", map[string]string{"workerpool": pool, "type": typ, "status": status})
+}
+
+func scrapeErrorsMetric(t *testing.T, pool string) float64 {
+	t.Helper()
+	return operatorMetric(t, "workerpool_scrape_errors_total", map[string]string{"workerpool": pool})
+}
+
+func operatorMetric(t *testing.T, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
+					continue series
+				}
+			}
+			return metricValue(m)
+		}
+	}
+	t.Fatalf("no %s%v in the operator's registry", name, labels)
+	return 0
+}
+
+func metricValue(m *dto.Metric) float64 {
+	if m.GetGauge() != nil {
+		return m.GetGauge().GetValue()
+	}
+	return m.GetCounter().GetValue()
+}
+
+// A real tasker-worker process, started from the worker.toml the operator
+// rendered, is read by the operator: its capacity is the pool's
+// maxConcurrentHandlers. When it is killed, MetricsAvailable names its pod.
+func TestStatusFromARealWorker(t *testing.T) {
+	bin := workerBinary(t)
+	wp := operatedPool("real-worker")
+	wp.Spec.Dispatch.MaxConcurrentHandlers = 7
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	cm := &corev1.ConfigMap{}
+	cm.Name, cm.Namespace = "real-worker-config", operatedNS
+	waitForChild(t, cm)
+	cfgFile, err := config.Parse([]byte(cm.Data["worker.toml"]))
+	if err != nil {
+		t.Fatalf("rendered worker.toml refused: %v", err)
+	}
+	addr := freeAddr(t, "127.0.0.31")
+	cfgFile.Worker.HTTP.ListenAddress = hostPort(addr)
+	data, err := cfgFile.Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "worker.toml")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dsn := pgtest.NewDatabase(t)
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := queue.Migrate(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn, "TASKER_CONFIG_PATH="+path, "POD_NAME=real-worker-0")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("worker output:\n%s", out.String())
+		}
+	})
+
+	rollOut(t, wp, 1)
+	addPod(t, wp, "real-worker-0", addr)
+	got := waitForStatus(t, wp, "capacity from the real worker", func(w *v1.WorkerPool) bool {
+		return w.Status.Dispatch.Capacity == 7
+	})
+	if c := condition(got, v1.ConditionMetricsAvailable); c.Status != metav1.ConditionTrue {
+		t.Errorf("MetricsAvailable %+v", c)
+	}
+	if got.Status.Dispatch.InFlight != 0 || got.Status.Dispatch.CompletionSaturationPercent != 0 || got.Status.FFI.OldestPendingAge != "0s" {
+		t.Errorf("an idle worker's status %+v", got.Status)
+	}
+
+	_ = cmd.Process.Kill()
+	<-exited
+	got = waitForStatus(t, wp, "MetricsAvailable=False after the worker died", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionMetricsAvailable).Status == metav1.ConditionFalse
+	})
+	if c := condition(got, v1.ConditionMetricsAvailable); !strings.Contains(c.Message, "real-worker-0 (") || !strings.Contains(c.Message, "connection refused") {
+		t.Errorf("MetricsAvailable %+v", c)
+	}
+}
+
+// workerBinary is $TASKER_WORKER_BIN (make test builds it) or a fresh build.
+func workerBinary(t *testing.T) string {
+	t.Helper()
+	if bin := os.Getenv("TASKER_WORKER_BIN"); bin != "" {
+		return bin
+	}
+	bin := filepath.Join(t.TempDir(), "tasker-worker")
+	c := exec.Command("go", "build", "-o", bin, "../../cmd/tasker-worker")
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("build tasker-worker: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// syncBuffer collects a process's output from its writer goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
