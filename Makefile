@@ -131,6 +131,51 @@ bench: test-deps build ## Run the benchmarks behind docs/benchmarks.md (dispatch
 	@echo "Worker runtime on PostgreSQL (end-to-end steps/s vs pgbench, NOTIFY latency, RSS; docs/benchmarks.md):"
 	bash hack/bench-worker.sh 200000 5000 3
 
+##@ Deployment
+
+# Image of the operator (manager) that `make deploy` and `make build-installer`
+# put in the manifests, e.g. `make deploy IMG=registry.example/workerpool-operator:v0.1.0`.
+IMG ?= controller:latest
+KUBECTL ?= kubectl
+# kustomize at the version pinned in hack/tools/go.mod, built into BIN: `kustomize
+# edit` must run inside the kustomization's directory, where `go tool -modfile`
+# cannot find the module.
+KUSTOMIZE = $(abspath $(BIN))/kustomize
+# `make undeploy ignore-not-found=true` tolerates objects already gone.
+ignore-not-found ?= false
+# Renders config/default with IMG as the manager's image, from a temporary copy
+# of config/ so the committed tree keeps controller:latest.
+RENDER = tmp="$$(mktemp -d)" && trap 'rm -rf "$$tmp"' EXIT && cp -R config "$$tmp/" && \
+	(cd "$$tmp/config/manager" && $(KUSTOMIZE) edit set image controller=$(IMG)) && \
+	$(KUSTOMIZE) build "$$tmp/config/default"
+
+.PHONY: kustomize
+kustomize: ## Build the pinned kustomize (hack/tools/go.mod) into BIN
+	@mkdir -p $(BIN)
+	$(GO) build -modfile=$(CURDIR)/hack/tools/go.mod -o $(KUSTOMIZE) sigs.k8s.io/kustomize/kustomize/v5
+
+.PHONY: build-installer
+build-installer: manifests kustomize ## Write dist/install.yaml: CRD, RBAC and the operator (image IMG) in one file for kubectl apply
+	@mkdir -p dist
+	$(RENDER) > dist/install.yaml
+	@echo "wrote dist/install.yaml (image $(IMG))"
+
+.PHONY: install
+install: manifests kustomize ## Install the WorkerPool CRD into the current kubeconfig's cluster
+	$(KUSTOMIZE) build config/crd | $(KUBECTL) apply --server-side --force-conflicts -f -
+
+.PHONY: uninstall
+uninstall: kustomize ## Remove the WorkerPool CRD (and with it every WorkerPool) from the cluster
+	$(KUSTOMIZE) build config/crd | $(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f -
+
+.PHONY: deploy
+deploy: manifests kustomize ## Deploy the operator (image IMG) with its CRD and RBAC to the current kubeconfig's cluster
+	$(RENDER) | $(KUBECTL) apply --server-side --force-conflicts -f -
+
+.PHONY: undeploy
+undeploy: kustomize ## Remove the operator, its RBAC and the CRD (and with it every WorkerPool) from the cluster
+	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f -
+
 ##@ Cleanup
 
 .PHONY: clean
