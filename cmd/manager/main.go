@@ -37,6 +37,8 @@ type options struct {
 	scrapeTimeout           time.Duration
 	scrapeConcurrency       int
 	reconcilers             int
+	qps                     float64
+	burst                   int
 }
 
 func main() {
@@ -53,6 +55,8 @@ func main() {
 	fs.DurationVar(&o.scrapeTimeout, "scrape-timeout", 2*time.Second, "Time limit for one pod's /metrics.")
 	fs.IntVar(&o.scrapeConcurrency, "scrape-concurrency", 64, "Pod scrapes in flight at once, across all pools.")
 	fs.IntVar(&o.reconcilers, "max-concurrent-reconciles", 4, "WorkerPools reconciled in parallel.")
+	fs.Float64Var(&o.qps, "kube-api-qps", 0, "Client-side limit on requests per second to the API server; 0 leaves it to the server's API Priority and Fairness (controller-runtime's default). Creating a pool takes about five requests.")
+	fs.IntVar(&o.burst, "kube-api-burst", 0, "Burst above --kube-api-qps (default twice the QPS).")
 	zo := zap.Options{}
 	zo.BindFlags(fs)
 	flag.Parse()
@@ -74,6 +78,9 @@ func (o options) validate() error {
 	}
 	if o.scrapeConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("--scrape-concurrency=%d: must be at least 1", o.scrapeConcurrency))
+	}
+	if o.qps < 0 || o.burst < 0 {
+		errs = append(errs, fmt.Errorf("--kube-api-qps=%v --kube-api-burst=%d: must not be negative", o.qps, o.burst))
 	}
 	if o.reconcilers < 1 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-reconciles=%d: must be at least 1", o.reconcilers))
@@ -111,6 +118,12 @@ func run(o options) error {
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	if o.qps > 0 {
+		cfg.QPS, cfg.Burst = float32(o.qps), o.burst
+		if cfg.Burst == 0 {
+			cfg.Burst = int(2 * o.qps)
+		}
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,

@@ -33,12 +33,14 @@ import (
 )
 
 var (
-	cfg *rest.Config
-	k8s client.Client
+	cfg     *rest.Config
+	k8s     client.Client
+	testEnv *envtest.Environment
 )
 
-// Namespaces the operator under test watches. Pools elsewhere ("default",
-// "samples") are left alone, so the API-only tests see no reconciler.
+// operatedNS is the namespace the in-process operator watches. Pools
+// elsewhere ("default", "samples") are left alone, so the API-only tests
+// see no reconciler; benchNS is for the operator binary the benchmark runs.
 const (
 	operatedNS = "operated"
 	benchNS    = "bench"
@@ -76,19 +78,19 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	env := &envtest.Environment{
+	testEnv = &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 	}
-	cfg, err = env.Start()
+	cfg, err = testEnv.Start()
 	if err != nil {
 		// Start can fail after launching etcd and the API server (e.g. a
 		// CRD the server refuses): stop them so no process outlives the test.
-		_ = env.Stop()
+		_ = testEnv.Stop()
 		fmt.Fprintf(os.Stderr, "start envtest: %v\n", err)
 		return 1
 	}
-	defer func() { _ = env.Stop() }()
+	defer func() { _ = testEnv.Stop() }()
 	k8s, err = client.New(cfg, client.Options{Scheme: scheme.Scheme})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -117,7 +119,7 @@ func startOperator() (stop func(), err error) {
 		Scheme:                 scheme.Scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
-		Cache:                  controllers.CacheOptions([]string{operatedNS, benchNS}),
+		Cache:                  controllers.CacheOptions([]string{operatedNS}),
 	})
 	if err != nil {
 		return nil, err
