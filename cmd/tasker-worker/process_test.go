@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -96,11 +100,17 @@ func (s *syncBuffer) String() string {
 // startProc runs `tasker-worker run` with a worker.toml made of toml.
 func startProc(t *testing.T, e *env, name, toml string, sysattr *syscall.SysProcAttr) *proc {
 	t.Helper()
+	return startProcArgs(t, e, name, toml, sysattr)
+}
+
+// startProcArgs is startProc with extra `run` flags.
+func startProcArgs(t *testing.T, e *env, name, toml string, sysattr *syscall.SysProcAttr, args ...string) *proc {
+	t.Helper()
 	path := filepath.Join(e.dir, name+".toml")
 	if err := os.WriteFile(path, []byte(toml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(workerBin, "run")
+	cmd := exec.Command(workerBin, append([]string{"run"}, args...)...)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dsn, "TASKER_CONFIG_PATH="+path, "POD_NAME="+name)
 	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
@@ -325,4 +335,176 @@ func TestEnqueueAndStatsCommands(t *testing.T) {
 	if !strings.Contains(out, "payments") || !strings.Contains(out, "26") || !strings.Contains(out, "default") {
 		t.Fatalf("stats:\n%s", out)
 	}
+}
+
+// ffiTOML enables the FFI dispatch channel with a short starvation threshold,
+// so that the built-in poller's hold makes its events starve.
+const ffiTOML = `
+[worker.mpsc_channels.ffi_dispatch]
+enabled = true
+starvation_warning_threshold_ms = 200
+`
+
+// slowPollerArgs run two built-in FFI pollers that hold each event 600ms:
+// three times the starvation threshold.
+var slowPollerArgs = []string{"--ffi-pollers", "2", "--ffi-poll-hold", "600ms"}
+
+func enqueueNoops(t *testing.T, e *env, n int) {
+	t.Helper()
+	steps := make([]queue.NewStep, n)
+	for i := range steps {
+		steps[i] = queue.NewStep{Queue: "default", Handler: "noop", MaxAttempts: 5}
+	}
+	if _, err := e.q.Enqueue(context.Background(), steps); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// listenAddr reads the address the worker's HTTP server bound (it listens on
+// 127.0.0.1:0) from its "worker running" log line.
+func listenAddr(t *testing.T, p *proc) string {
+	t.Helper()
+	var addr string
+	eventually(t, "the worker running log line", 60*time.Second, func() bool {
+		for _, line := range strings.Split(p.out.String(), "\n") {
+			var l struct {
+				Msg    string `json:"msg"`
+				Listen string `json:"listen"`
+			}
+			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "worker running" && l.Listen != "" {
+				addr = l.Listen
+				return true
+			}
+		}
+		return false
+	})
+	return addr
+}
+
+var scrapeClient = &http.Client{Timeout: 2 * time.Second}
+
+// scrape reads the worker's /metrics into sample name (with labels) → value.
+func scrape(addr string) (map[string]float64, error) {
+	resp, err := scrapeClient.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			return nil, fmt.Errorf("metrics line %q: %w", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out, sc.Err()
+}
+
+// The stock binary with a slow built-in FFI poller: its events age past the
+// starvation threshold and /metrics reports them starving; once the queue is
+// empty every step is completed and the starving gauge is back to 0.
+func TestFFIPollerStarvesAndRecovers(t *testing.T) {
+	e := newEnv(t)
+	const n = 12
+	enqueueNoops(t, e, n)
+	p := startProcArgs(t, e, "ffi-slow", workerTOML(ffiTOML), nil, slowPollerArgs...)
+	addr := listenAddr(t, p)
+	var seen map[string]float64
+	eventually(t, "tasker_ffi_starving_events > 0 and tasker_ffi_oldest_event_age_ms > 200", 60*time.Second, func() bool {
+		m, err := scrape(addr)
+		if err != nil {
+			return false
+		}
+		seen = m
+		return m["tasker_ffi_starving_events"] > 0 && m["tasker_ffi_oldest_event_age_ms"] > 200
+	})
+	t.Logf("starving: pending %v, starving %v, oldest %vms", seen["tasker_ffi_pending_events"],
+		seen["tasker_ffi_starving_events"], seen["tasker_ffi_oldest_event_age_ms"])
+	eventually(t, "every step completed", 2*time.Minute, func() bool { return stateCounts(t, e)["completed"] == n })
+	eventually(t, "the starving gauge back to 0 with nothing pending", 30*time.Second, func() bool {
+		m, err := scrape(addr)
+		if err != nil {
+			return false
+		}
+		seen = m
+		return m["tasker_ffi_starving_events"] == 0 && m["tasker_ffi_pending_events"] == 0 && m["tasker_ffi_oldest_event_age_ms"] == 0
+	})
+	if got := seen[`tasker_ffi_complete_calls_total{status="completed"}`]; got != n {
+		t.Errorf("%v completed Complete calls, want %d (each step through the FFI channel once)", got, n)
+	}
+	if got := seen[`tasker_steps_completed_total{outcome="success"}`]; got != n {
+		t.Errorf("%v successful steps, want %d", got, n)
+	}
+	if !strings.Contains(p.out.String(), "slow polling detected") {
+		t.Error("no starvation warning in the worker's log")
+	}
+	if maxA, redelivered := maxAttempts(t, e); maxA != 1 || redelivered != 0 {
+		t.Errorf("max attempts %d, %d redelivered: a slow poller must not cost attempts", maxA, redelivered)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("exited with %v after SIGTERM, want exit 0", err)
+	}
+}
+
+// SIGTERM while the slow poller holds events: the drain waits for the events
+// it holds (the poller keeps completing them), returns the unpolled ones to
+// the queue, exits 0, and no step is lost or run twice.
+func TestFFIPollerSIGTERMDrainLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	const n = 40
+	enqueueNoops(t, e, n)
+	a := startProcArgs(t, e, "ffi-a", workerTOML(ffiTOML), nil, slowPollerArgs...)
+	addr := listenAddr(t, a)
+	eventually(t, "steps completed and FFI events pending", 60*time.Second, func() bool {
+		if stateCounts(t, e)["completed"] < 2 {
+			return false
+		}
+		m, err := scrape(addr)
+		return err == nil && m["tasker_ffi_pending_events"] > 0
+	})
+	start := time.Now()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("ffi-a exited with %v after SIGTERM, want exit 0", err)
+	}
+	took := time.Since(start)
+	c := stateCounts(t, e)
+	if c["claimed"] != 0 {
+		t.Fatalf("%d steps still claimed after a clean drain", c["claimed"])
+	}
+	out := a.out.String()
+	if !strings.Contains(out, `"drained"`) {
+		t.Fatal("no drain log line")
+	}
+	if strings.Contains(out, "completion not accepted") {
+		t.Fatal("a poller's completion was refused during the drain: the poller stopped before the worker")
+	}
+	if c["completed"] == n {
+		t.Log("every step completed before the drain ended; nothing was returned")
+	}
+	startProc(t, e, "worker-b", workerTOML(""), nil)
+	eventually(t, "all steps completed", 2*time.Minute, func() bool { return stateCounts(t, e)["completed"] == n })
+	if maxA, redelivered := maxAttempts(t, e); maxA != 1 || redelivered != 0 {
+		t.Fatalf("max attempts %d, %d redelivered: the drain lost or re-ran work", maxA, redelivered)
+	}
+	t.Logf("drained and exited 0 in %v; %d of %d completed by ffi-a", took.Round(time.Millisecond), c["completed"], n)
 }

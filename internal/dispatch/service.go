@@ -347,7 +347,7 @@ func (s *HandlerDispatchService) handlerNotFound(st *stepState) {
 	msg := &st.c.Message
 	st.state.Store(stepFinished) // no deadline was armed, so nothing races this
 	s.release(st)
-	st.c.Result = FailureResult(msg.StepUUID, "Handler not found: "+msg.Handler, ErrorTypeHandlerNotFound, false, 0, nil)
+	st.c.Result = HandlerNotFoundResult(msg)
 	s.deliver(st)
 }
 

@@ -200,11 +200,15 @@ func (c *Channel) Config() Config { return c.cfg }
 
 // Poll takes the next step event, if any, without blocking. The event is
 // pending from now until it is completed or times out.
+//
+// The (non-blocking) receive and the insertion into the pending set happen
+// under one lock, so an event is never in flight between the two: the
+// drain, which waits for PendingCount to reach zero and then Stops, cannot
+// miss an event a poller has just taken, and Stop cannot leave one behind.
 func (c *Channel) Poll() (dispatch.StepMessage, bool) {
 	c.mu.Lock()
-	stopped := c.stopped
-	c.mu.Unlock()
-	if stopped {
+	defer c.mu.Unlock()
+	if c.stopped {
 		return dispatch.StepMessage{}, false
 	}
 	var msg dispatch.StepMessage
@@ -218,9 +222,7 @@ func (c *Channel) Poll() (dispatch.StepMessage, bool) {
 		return dispatch.StepMessage{}, false
 	}
 	c.polled.Add(1)
-	c.mu.Lock()
 	c.pending[msg.EventID] = &pendingEvent{msg: msg, dispatchedAt: time.Now()}
-	c.mu.Unlock()
 	return msg, true
 }
 

@@ -57,13 +57,19 @@ type foreign struct {
 func (f foreign) run(ctx context.Context) { f.ch.Run(ctx) }
 
 // stop hands back what no poller took (the intake has stopped, so the
-// dispatch channel only drains).
+// dispatch channel only drains). Pollers may still be polling, so each
+// receive is non-blocking: a length check followed by a receive would block
+// for ever if a poller took the last event in between.
 func (f foreign) stop() []dispatch.StepMessage {
 	var unstarted []dispatch.StepMessage
-	for len(f.dispatch) > 0 {
-		unstarted = append(unstarted, <-f.dispatch)
+	for {
+		select {
+		case m := <-f.dispatch:
+			unstarted = append(unstarted, m)
+		default:
+			return unstarted
+		}
 	}
-	return unstarted
 }
 
 // finish waits for pollers to complete what they hold and at the deadline

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/seed-a17b38e7/workerpool-operator/internal/config"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/ffi"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/worker"
 )
@@ -81,6 +82,13 @@ Commands:
   config default        print the default worker.toml
   version               print the version
 
+Built-in FFI poller (run flags; for tests and demos without a Python/Ruby runtime):
+  run --ffi-pollers N   N goroutines poll the FFI dispatch channel (Poll/Complete, as a
+                        foreign handler does through the C ABI) and run this binary's
+                        handlers; needs worker.mpsc_channels.ffi_dispatch.enabled = true
+  run --ffi-poll-hold D complete each event no earlier than D after it was polled: a slow
+                        poller, whose events starve once D > starvation_warning_threshold_ms
+
 Environment:
   DATABASE_URL          PostgreSQL URL of the queue (or --database-url)
   TASKER_CONFIG_PATH    worker.toml to run with (or run --config)
@@ -128,8 +136,15 @@ func cmdRun(args []string, handlers *Registry, stderr io.Writer) error {
 	dbURL := fs.String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL)")
 	migrate := fs.Bool("migrate", true, "apply the queue schema before starting")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default: $TASKER_LOG_LEVEL or info)")
+	ffiPollers := fs.Int("ffi-pollers", 0, "run `N` built-in Go pollers of the FFI dispatch channel, with the handlers of this binary\n"+
+		"(needs "+ffiEnabledKey+" = true; 0: none, foreign handlers poll through the C ABI)")
+	ffiHold := fs.Duration("ffi-poll-hold", 0, "with --ffi-pollers: complete each event no earlier than this `DURATION` after it was polled\n"+
+		"(a slow poller on purpose: above starvation_warning_threshold_ms its events starve)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("run: unexpected arguments %q", fs.Args())
 	}
 	log, err := newLogger(*logLevel, stderr)
 	if err != nil {
@@ -148,6 +163,9 @@ func cmdRun(args []string, handlers *Registry, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkFFIPollerFlags(*ffiPollers, *ffiHold, cfg, path); err != nil {
+		return err
+	}
 	dsn, err := databaseURL(*dbURL)
 	if err != nil {
 		return err
@@ -164,11 +182,66 @@ func cmdRun(args []string, handlers *Registry, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := w.Run(ctx); err != nil {
-		return fmt.Errorf("drain: %w", err)
+	stopPollers := startFFIPollers(w, handlers, *ffiPollers, *ffiHold, log)
+	runErr := w.Run(ctx)
+	stopPollers()
+	if runErr != nil {
+		return fmt.Errorf("drain: %w", runErr)
 	}
 	log.Info("stopped cleanly")
 	return nil
+}
+
+// ffiEnabledKey is the config key --ffi-pollers depends on.
+const ffiEnabledKey = "worker.mpsc_channels.ffi_dispatch.enabled"
+
+// checkFFIPollerFlags refuses --ffi-pollers / --ffi-poll-hold values that
+// could not take effect, before anything connects.
+func checkFFIPollerFlags(pollers int, hold time.Duration, cfg config.Config, path string) error {
+	if path == "" {
+		path = "the built-in defaults"
+	}
+	switch {
+	case pollers < 0:
+		return fmt.Errorf("run: --ffi-pollers %d: want 0 (none) or more", pollers)
+	case hold < 0:
+		return fmt.Errorf("run: --ffi-poll-hold %v: want 0 or more", hold)
+	case pollers == 0 && hold > 0:
+		return fmt.Errorf("run: --ffi-poll-hold %v has no effect without --ffi-pollers N", hold)
+	case pollers > 0 && !cfg.Worker.MPSCChannels.FFIDispatch.Enabled:
+		return fmt.Errorf("run: --ffi-pollers %d needs the FFI dispatch channel, which is not enabled in %s: set %s = true "+
+			"([worker.mpsc_channels.ffi_dispatch] enabled = true), or drop --ffi-pollers", pollers, path, ffiEnabledKey)
+	}
+	return nil
+}
+
+// startFFIPollers starts the built-in FFI poller on the worker's FFI channel
+// with the registry native dispatch would use, and returns what stops it.
+// Its context is not the signal context: the worker's drain waits for
+// pending FFI events, so the poller must keep completing them until Run
+// returns.
+func startFFIPollers(w *worker.Worker, handlers *Registry, n int, hold time.Duration, log logr.Logger) (stop func()) {
+	if n == 0 {
+		return func() {}
+	}
+	log = log.WithName("ffi-poller")
+	ch := w.FFI()
+	if cc := ch.Config(); hold > cc.CompletionTimeout {
+		log.Info("--ffi-poll-hold exceeds completion_timeout_ms: every event will time out (ffi_timeout) before it is completed",
+			"hold", hold, "completionTimeout", cc.CompletionTimeout)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	p := ffi.NewPoller(ch, handlers, ffi.PollerConfig{Pollers: n, Hold: hold}, log)
+	go func() { defer close(done); p.Run(ctx) }()
+	return func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			log.Info("FFI pollers still running 10s after stop (a handler ignores its context); exiting anyway")
+		}
+	}
 }
 
 func connect(ctx context.Context, dbURL string) (*pgxpool.Pool, error) {
