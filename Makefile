@@ -65,6 +65,22 @@ generate: ## Generate deepcopy code for api/ with controller-gen
 verify-generated: manifests generate ## Fail if the committed CRD or deepcopy code differs from what controller-gen generates
 	@git diff --exit-code -- config/crd config/rbac/role.yaml api || { echo "generated files are stale: run 'make manifests generate' and commit"; exit 1; }
 
+# The Helm chart: its CRD template and its copies of config/rbac's roles and
+# config/prometheus's alert rules are generated from config/ (never by hand).
+CHART = charts/workerpool-operator
+CHART_GENERATED = $(CHART)/templates/crd-*.yaml $(CHART)/files/config
+
+.PHONY: chart-generate
+chart-generate: ## Generate the chart's CRD template (config/crd/bases, keep policy) and its copies of config/rbac and config/prometheus rules
+	bash hack/chart-generate.sh
+
+.PHONY: verify-chart
+verify-chart: manifests chart-generate ## Fail if the chart's generated files differ from what chart-generate writes; helm lint --strict the chart
+	@git diff --exit-code -- $(CHART_GENERATED) && \
+	untracked="$$(git ls-files --others --exclude-standard -- $(CHART_GENERATED))" && [ -z "$$untracked" ] || \
+		{ echo "the chart's generated files are stale or not committed: run 'make chart-generate' and commit"; echo "$$untracked"; exit 1; }
+	$(TOOLS) helm lint --strict $(CHART)
+
 .PHONY: envtest
 envtest: ## Build (or reuse) kube-apiserver and etcd for envtest, cached in ~/.cache/workerpool-operator
 	@bash hack/build-envtest.sh >/dev/null

@@ -1,0 +1,1848 @@
+// Package chart proves the Helm chart charts/workerpool-operator: that the
+// helm pinned in hack/tools/go.mod lints it strictly and renders it, for a
+// matrix of values, into objects that decode strictly into their Kubernetes
+// types; that its RBAC fits each watch mode and binds only what it renders;
+// that the manager accepts the flags it is given; that its CRD, roles and
+// alert rules are config/'s; that its dashboard queries only real worker
+// metrics; and that its values schema refuses typos and wrong types.
+package chart
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/yaml"
+
+	workersv1alpha1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/config"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/worker"
+)
+
+const (
+	repoRoot  = "../.."
+	release   = "wpo"
+	namespace = "workerpool-operator-system"
+	// The release name lacks the chart's name, so the chart appends it.
+	fullname = release + "-workerpool-operator"
+	keep     = "helm.sh/resource-policy"
+)
+
+var chartDir = filepath.Join(repoRoot, "charts", "workerpool-operator")
+
+// ---------------------------------------------------------------------------
+// helm lint
+
+func TestLint(t *testing.T) {
+	for _, tc := range []struct{ name, values string }{
+		{"defaults", ""},
+		{"everything on", everythingOn},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"lint", "--strict", chartDir}
+			if tc.values != "" {
+				args = append(args, "--values", valuesFile(t, tc.values))
+			}
+			out, stderr, err := helm(t, args...)
+			if err != nil {
+				t.Fatalf("helm lint --strict: %v\n%s%s", err, out, stderr)
+			}
+			if !strings.Contains(out, "1 chart(s) linted, 0 chart(s) failed") || strings.Contains(out, "[WARNING]") || strings.Contains(out, "[ERROR]") {
+				t.Errorf("helm lint --strict output:\n%s", out)
+			}
+		})
+	}
+}
+
+// everythingOn turns on every optional object at once.
+const everythingOn = `
+watchNamespaces: [shop, billing]
+replicaCount: 2
+monitoring:
+  serviceMonitor: {enabled: true, labels: {release: kps}, interval: 30s}
+  workerServiceMonitor: {enabled: true, labels: {release: kps}, scrapeTimeout: 5s}
+  prometheusRule: {enabled: true, labels: {release: kps}}
+  dashboard: {enabled: true, namespace: grafana, labels: {release: kps}, annotations: {grafana_folder: Tasker}}
+networkPolicy:
+  enabled: true
+  prometheus:
+    namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
+    podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}
+`
+
+// ---------------------------------------------------------------------------
+// Defaults: cluster-wide
+
+func TestDefaults(t *testing.T) {
+	objs := render(t, "")
+	want := []string{
+		"ServiceAccount/" + fullname,
+		"CustomResourceDefinition/workerpools.workers.tasker.dev",
+		"ClusterRole/" + fullname + "-manager",
+		"ClusterRoleBinding/" + fullname + "-manager",
+		"Role/" + fullname + "-leader-election",
+		"RoleBinding/" + fullname + "-leader-election",
+		"ClusterRole/" + fullname + "-metrics-auth",
+		"ClusterRoleBinding/" + fullname + "-metrics-auth",
+		"ClusterRole/" + fullname + "-metrics-reader",
+		"ClusterRole/" + fullname + "-workerpool-editor",
+		"ClusterRole/" + fullname + "-workerpool-viewer",
+		"Service/" + fullname + "-metrics",
+		"Deployment/" + fullname,
+	}
+	checkNames(t, objs, want)
+	checkCommon(t, objs)
+	for _, o := range objs {
+		if namespaced(o.kind) && o.namespace != namespace {
+			t.Errorf("%s %s is in namespace %q, want the release namespace %q", o.kind, o.name, o.namespace, namespace)
+		}
+	}
+
+	if n := checkBindings(t, objs); n != 3 {
+		t.Errorf("%d bindings, want 3 (manager, leader election, metrics auth)", n)
+	}
+	crb := typed[*rbacv1.ClusterRoleBinding](t, objs.get(t, "ClusterRoleBinding", fullname+"-manager"))
+	if crb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: fullname + "-manager"}) {
+		t.Errorf("manager ClusterRoleBinding roleRef = %+v", crb.RoleRef)
+	}
+	checkRoles(t, objs, nil)
+	checkCRD(t, objs)
+
+	d := checkDeployment(t, objs, 1, defaultArgs(nil))
+	c := d.Spec.Template.Spec.Containers[0]
+	if want := "workerpool-operator:" + appVersion(t); c.Image != want || c.ImagePullPolicy != corev1.PullIfNotPresent {
+		t.Errorf("image %q pull policy %q, want %q IfNotPresent (the chart's appVersion)", c.Image, c.ImagePullPolicy, want)
+	}
+	res := c.Resources
+	if res.Requests.Cpu().String() != "50m" || res.Requests.Memory().String() != "64Mi" ||
+		res.Limits.Cpu().String() != "500m" || res.Limits.Memory().String() != "256Mi" {
+		t.Errorf("resources = %+v, want config/manager's 50m/64Mi requests, 500m/256Mi limits", res)
+	}
+	checkManagerAcceptsArgs(t, c.Args)
+}
+
+// ---------------------------------------------------------------------------
+// watchNamespaces: a Role and RoleBinding per namespace, nothing cluster-wide
+// for the pools
+
+func TestWatchNamespaces(t *testing.T) {
+	objs := render(t, "watchNamespaces: [a, b]\n")
+	checkCommon(t, objs)
+	for _, kind := range []string{"ClusterRole", "ClusterRoleBinding"} {
+		if o, ok := objs.find(kind, fullname+"-manager", ""); ok {
+			t.Errorf("namespaced mode renders %s %s", kind, o.name)
+		}
+	}
+	var roleNamespaces, bindingNamespaces []string
+	for _, o := range objs {
+		switch {
+		case o.kind == "Role" && o.name == fullname+"-manager":
+			roleNamespaces = append(roleNamespaces, o.namespace)
+		case o.kind == "RoleBinding" && o.name == fullname+"-manager":
+			bindingNamespaces = append(bindingNamespaces, o.namespace)
+			rb := typed[*rbacv1.RoleBinding](t, o)
+			if rb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: fullname + "-manager"}) {
+				t.Errorf("RoleBinding %s/%s roleRef = %+v", o.namespace, o.name, rb.RoleRef)
+			}
+		}
+	}
+	slices.Sort(roleNamespaces)
+	slices.Sort(bindingNamespaces)
+	if !slices.Equal(roleNamespaces, []string{"a", "b"}) || !slices.Equal(bindingNamespaces, []string{"a", "b"}) {
+		t.Errorf("manager Roles in %v and RoleBindings in %v, want one of each in a and b", roleNamespaces, bindingNamespaces)
+	}
+	// The leader election lease stays in the release namespace; the metrics
+	// auth reviews are cluster-scoped in every mode.
+	if o := objs.get(t, "Role", fullname+"-leader-election"); o.namespace != namespace {
+		t.Errorf("leader election Role in %q, want %q", o.namespace, namespace)
+	}
+	objs.get(t, "ClusterRoleBinding", fullname+"-metrics-auth")
+	if n := checkBindings(t, objs); n != 4 {
+		t.Errorf("%d bindings, want 4 (manager in a and b, leader election, metrics auth)", n)
+	}
+	checkRoles(t, objs, []string{"a", "b"})
+	for _, o := range objs {
+		if namespaced(o.kind) && o.namespace != namespace && !(o.name == fullname+"-manager" && (o.namespace == "a" || o.namespace == "b")) {
+			t.Errorf("%s %s in namespace %q", o.kind, o.name, o.namespace)
+		}
+	}
+
+	d := checkDeployment(t, objs, 1, defaultArgs([]string{"a", "b"}))
+	var watch []string
+	for _, a := range d.Spec.Template.Spec.Containers[0].Args {
+		if strings.HasPrefix(a, "--watch-namespaces") {
+			watch = append(watch, a)
+		}
+	}
+	if !slices.Equal(watch, []string{"--watch-namespaces=a,b"}) {
+		t.Errorf("watch flags %v, want exactly --watch-namespaces=a,b", watch)
+	}
+	checkManagerAcceptsArgs(t, d.Spec.Template.Spec.Containers[0].Args)
+}
+
+// ---------------------------------------------------------------------------
+// crds.install=false
+
+func TestCRDsNotInstalled(t *testing.T) {
+	objs := render(t, "crds:\n  install: false\n")
+	checkCommon(t, objs)
+	if _, ok := objs.find("CustomResourceDefinition", "workerpools.workers.tasker.dev", ""); ok {
+		t.Error("crds.install=false still renders the CRD")
+	}
+	if got, want := len(objs), len(render(t, ""))-1; got != want {
+		t.Errorf("%d objects, want %d (the defaults less the CRD): %v", got, want, objs.names())
+	}
+	checkDeployment(t, objs, 1, defaultArgs(nil))
+}
+
+// ---------------------------------------------------------------------------
+// Replicas and leader election
+
+func TestReplicas(t *testing.T) {
+	objs := render(t, "replicaCount: 2\n")
+	checkCommon(t, objs)
+	checkDeployment(t, objs, 2, defaultArgs(nil))
+	objs.get(t, "Role", fullname+"-leader-election")
+	objs.get(t, "RoleBinding", fullname+"-leader-election")
+
+	// One replica without leader election: no flag, no lease Role.
+	objs = render(t, "leaderElection:\n  enabled: false\n")
+	checkCommon(t, objs)
+	args := slices.DeleteFunc(defaultArgs(nil), func(a string) bool { return strings.HasPrefix(a, "--leader-elect") })
+	checkDeployment(t, objs, 1, args)
+	for _, kind := range []string{"Role", "RoleBinding"} {
+		if _, ok := objs.find(kind, fullname+"-leader-election", namespace); ok {
+			t.Errorf("leader election off still renders the %s", kind)
+		}
+	}
+
+	// Several replicas without leader election would all reconcile.
+	err := renderError(t, "replicaCount: 3\nleaderElection:\n  enabled: false\n")
+	if !strings.Contains(err, "replicaCount 3 needs leaderElection.enabled") {
+		t.Errorf("replicas without leader election: %s", err)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Every other value lands where it should, and the manager accepts the flags
+
+func TestCustomValues(t *testing.T) {
+	objs := render(t, `
+fullnameOverride: ops
+image: {repository: registry.local/wpo, tag: v9.9.9, pullPolicy: Never}
+imagePullSecrets: [{name: regcred}]
+manager:
+  statusInterval: 30s
+  scrapeTimeout: 1500ms
+  scrapeConcurrency: 1000000
+  maxConcurrentReconciles: 8
+  kubeAPIQPS: 2.5
+  kubeAPIBurst: 10
+  logLevel: 3
+  logEncoder: console
+  extraArgs: [--enable-http2]
+serviceAccount: {create: true, name: operator, annotations: {team: ops}}
+rbac: {aggregateToDefaultRoles: false}
+resources: {requests: {cpu: 100m, memory: 128Mi}, limits: {cpu: 1, memory: 1Gi}}
+podAnnotations: {example.com/a: "1"}
+podLabels: {team: ops}
+priorityClassName: system-cluster-critical
+nodeSelector: {kubernetes.io/os: linux}
+tolerations: [{key: dedicated, operator: Equal, value: ops, effect: NoSchedule}]
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/arch, operator: In, values: [amd64]}]}]
+    preferredDuringSchedulingIgnoredDuringExecution: [{weight: 10, preference: {matchFields: [{key: metadata.name, operator: NotIn, values: [n1]}]}}]
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm: {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app.kubernetes.io/name: workerpool-operator}}, matchLabelKeys: [pod-template-hash]}
+`)
+	checkCommon(t, objs)
+	for _, role := range []string{"workerpool-editor", "workerpool-viewer"} {
+		if _, ok := objs.find("ClusterRole", "ops-"+role, ""); ok {
+			t.Errorf("rbac.aggregateToDefaultRoles=false still renders %s", role)
+		}
+	}
+	sa := typed[*corev1.ServiceAccount](t, objs.get(t, "ServiceAccount", "operator"))
+	if sa.Annotations["team"] != "ops" {
+		t.Errorf("ServiceAccount annotations = %v", sa.Annotations)
+	}
+	checkBindings(t, objs)
+
+	d := typed[*appsv1.Deployment](t, objs.get(t, "Deployment", "ops"))
+	pod := d.Spec.Template
+	c := pod.Spec.Containers[0]
+	if c.Image != "registry.local/wpo:v9.9.9" || c.ImagePullPolicy != corev1.PullNever {
+		t.Errorf("image %q %q", c.Image, c.ImagePullPolicy)
+	}
+	wantArgs := []string{
+		"--health-probe-bind-address=:8081", "--metrics-bind-address=:8443",
+		"--leader-elect", "--leader-election-namespace=" + namespace,
+		"--status-interval=30s", "--scrape-timeout=1500ms", "--scrape-concurrency=1000000", "--max-concurrent-reconciles=8",
+		"--kube-api-qps=2.5", "--kube-api-burst=10", "--zap-log-level=3", "--zap-encoder=console", "--enable-http2",
+	}
+	if !slices.Equal(c.Args, wantArgs) {
+		t.Errorf("args = %q\nwant %q", c.Args, wantArgs)
+	}
+	checkManagerAcceptsArgs(t, c.Args)
+	if pod.Spec.ServiceAccountName != "operator" || !slices.Equal(pod.Spec.ImagePullSecrets, []corev1.LocalObjectReference{{Name: "regcred"}}) {
+		t.Errorf("serviceAccountName %q imagePullSecrets %v", pod.Spec.ServiceAccountName, pod.Spec.ImagePullSecrets)
+	}
+	if pod.Annotations["example.com/a"] != "1" || pod.Labels["team"] != "ops" || pod.Spec.PriorityClassName != "system-cluster-critical" ||
+		pod.Spec.NodeSelector["kubernetes.io/os"] != "linux" || len(pod.Spec.Tolerations) != 1 || pod.Spec.Tolerations[0].Key != "dedicated" {
+		t.Errorf("pod metadata or scheduling values did not land: %+v %+v", pod.ObjectMeta, pod.Spec)
+	}
+	a := pod.Spec.Affinity
+	if a == nil || a.NodeAffinity == nil || a.PodAntiAffinity == nil ||
+		a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution[0].PodAffinityTerm.TopologyKey != "kubernetes.io/hostname" {
+		t.Errorf("affinity = %+v", a)
+	}
+	if c.Resources.Limits.Memory().String() != "1Gi" || c.Resources.Requests.Cpu().String() != "100m" {
+		t.Errorf("resources = %+v", c.Resources)
+	}
+	if sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector); err != nil || !sel.Matches(labels.Set(pod.Labels)) {
+		t.Errorf("selector %v does not match the pod labels %v", d.Spec.Selector, pod.Labels)
+	}
+
+	// serviceAccount.create=false needs the name of an existing one.
+	if err := renderError(t, "serviceAccount: {create: false}\n"); !strings.Contains(err, "serviceAccount.name") {
+		t.Errorf("serviceAccount.create=false without a name: %s", err)
+	}
+	objs = render(t, "serviceAccount: {create: false, name: existing}\n")
+	if _, ok := objs.find("ServiceAccount", "existing", namespace); ok {
+		t.Error("serviceAccount.create=false renders the ServiceAccount")
+	}
+	for _, o := range objs {
+		var subjects []rbacv1.Subject
+		switch b := o.obj.(type) {
+		case *rbacv1.ClusterRoleBinding:
+			subjects = b.Subjects
+		case *rbacv1.RoleBinding:
+			subjects = b.Subjects
+		}
+		for _, s := range subjects {
+			if s.Name != "existing" || s.Namespace != namespace {
+				t.Errorf("%s %s binds %s/%s, want the existing ServiceAccount", o.kind, o.name, s.Namespace, s.Name)
+			}
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Monitoring: ServiceMonitors, PrometheusRule, dashboard
+
+func TestMonitoring(t *testing.T) {
+	objs := render(t, `
+monitoring:
+  serviceMonitor: {enabled: true, labels: {release: kps}}
+  workerServiceMonitor: {enabled: true, labels: {release: kps}, interval: 30s}
+  prometheusRule: {enabled: true, labels: {release: kps}}
+  dashboard: {enabled: true, labels: {release: kps}}
+`)
+	checkCommon(t, objs)
+	opMon := objs.get(t, "ServiceMonitor", fullname+"-metrics")
+	wMon := objs.get(t, "ServiceMonitor", fullname+"-workers")
+	rule := objs.get(t, "PrometheusRule", fullname+"-alerts")
+	dash := objs.get(t, "ConfigMap", fullname+"-dashboard")
+	for _, o := range []object{opMon, wMon, rule, dash} {
+		if o.namespace != namespace {
+			t.Errorf("%s %s in namespace %q, want %q", o.kind, o.name, o.namespace, namespace)
+		}
+		var meta metav1.PartialObjectMetadata
+		if err := yaml.Unmarshal(o.raw, &meta); err != nil {
+			t.Fatal(err)
+		}
+		if meta.Labels["release"] != "kps" {
+			t.Errorf("%s %s lacks the label release=kps from values: %v", o.kind, o.name, meta.Labels)
+		}
+	}
+	if defaults := len(render(t, "")); len(objs) != defaults+4 {
+		t.Errorf("monitoring adds %d objects, want 4: %v", len(objs)-defaults, objs.names())
+	}
+
+	// The operator's monitor scrapes the metrics Service's https port with a
+	// bearer token, keeping the pools' namespace label.
+	om := opMon.obj.(*serviceMonitor)
+	svc := typed[*corev1.Service](t, objs.get(t, "Service", fullname+"-metrics"))
+	sel, err := metav1.LabelSelectorAsSelector(&om.Spec.Selector)
+	if err != nil || sel.Empty() || !sel.Matches(labels.Set(svc.Labels)) {
+		t.Errorf("operator ServiceMonitor selector %+v does not select the metrics Service (labels %v): %v", om.Spec.Selector, svc.Labels, err)
+	}
+	if om.Spec.NamespaceSelector != nil {
+		t.Errorf("operator ServiceMonitor looks beyond its own namespace: %+v", om.Spec.NamespaceSelector)
+	}
+	if len(om.Spec.Endpoints) != 1 {
+		t.Fatalf("operator ServiceMonitor has %d endpoints, want 1", len(om.Spec.Endpoints))
+	}
+	ep := om.Spec.Endpoints[0]
+	if ep.Port != svc.Spec.Ports[0].Name || ep.Scheme != "https" || ep.Path != "/metrics" ||
+		ep.BearerTokenFile != "/var/run/secrets/kubernetes.io/serviceaccount/token" || !ep.HonorLabels ||
+		ep.TLSConfig == nil || !ep.TLSConfig.InsecureSkipVerify {
+		t.Errorf("operator endpoint = %+v, want https /metrics on port %s with the bearer token, honorLabels and the self-signed certificate accepted", ep, svc.Spec.Ports[0].Name)
+	}
+
+	// The worker monitor finds the operator's per-pool headless Services (in
+	// every namespace here) on the port the operator names, and not the
+	// operator's own Service.
+	wm := wMon.obj.(*serviceMonitor)
+	checkWorkerMonitor(t, wm, svc)
+	if wm.Spec.NamespaceSelector == nil || !wm.Spec.NamespaceSelector.Any || len(wm.Spec.NamespaceSelector.MatchNames) > 0 {
+		t.Errorf("cluster-wide worker ServiceMonitor namespaceSelector = %+v, want any", wm.Spec.NamespaceSelector)
+	}
+	if wm.Spec.Endpoints[0].Interval != "30s" {
+		t.Errorf("worker endpoint interval %q, want 30s from values", wm.Spec.Endpoints[0].Interval)
+	}
+
+	checkPrometheusRule(t, rule)
+	checkDashboard(t, dash, relabelTargets(wm))
+
+	// Watching namespaces, the worker monitor looks only there.
+	objs = render(t, "watchNamespaces: [a, b]\nmonitoring:\n  workerServiceMonitor: {enabled: true}\n")
+	wm = objs.get(t, "ServiceMonitor", fullname+"-workers").obj.(*serviceMonitor)
+	if wm.Spec.NamespaceSelector == nil || wm.Spec.NamespaceSelector.Any || !slices.Equal(wm.Spec.NamespaceSelector.MatchNames, []string{"a", "b"}) {
+		t.Errorf("namespaced worker ServiceMonitor namespaceSelector = %+v, want matchNames [a b]", wm.Spec.NamespaceSelector)
+	}
+
+	// The dashboard can live where Grafana's sidecar looks.
+	objs = render(t, "monitoring:\n  dashboard: {enabled: true, namespace: grafana}\n")
+	if o := objs.get(t, "ConfigMap", fullname+"-dashboard"); o.namespace != "grafana" {
+		t.Errorf("dashboard in %q, want grafana", o.namespace)
+	}
+}
+
+func checkWorkerMonitor(t *testing.T, wm *serviceMonitor, operatorService *corev1.Service) {
+	t.Helper()
+	// The labels the operator puts on each pool's Service (controllers/children.go).
+	poolService := labels.Set{"app.kubernetes.io/managed-by": "workerpool-operator", "app.kubernetes.io/name": "tasker-worker",
+		workersv1alpha1.PoolLabel: "payments", "app.kubernetes.io/instance": "payments"}
+	sel, err := metav1.LabelSelectorAsSelector(&wm.Spec.Selector)
+	if err != nil || !sel.Matches(poolService) || wm.Spec.Selector.MatchLabels["app.kubernetes.io/managed-by"] != "workerpool-operator" {
+		t.Errorf("worker ServiceMonitor selector %+v must select the pools' Services by app.kubernetes.io/managed-by=workerpool-operator (%v)", wm.Spec.Selector, err)
+	}
+	if sel.Matches(labels.Set(operatorService.Labels)) {
+		t.Error("worker ServiceMonitor also selects the operator's metrics Service")
+	}
+	if len(wm.Spec.Endpoints) != 1 {
+		t.Fatalf("worker ServiceMonitor has %d endpoints, want 1", len(wm.Spec.Endpoints))
+	}
+	ep := wm.Spec.Endpoints[0]
+	if ep.Port != workersv1alpha1.MetricsPortName || ep.Path != "/metrics" || ep.Scheme != "http" {
+		t.Errorf("worker endpoint = %s %s %s, want http port %s /metrics", ep.Scheme, ep.Port, ep.Path, workersv1alpha1.MetricsPortName)
+	}
+	if got := relabelTargets(wm)["__meta_kubernetes_service_label_workers_tasker_dev_pool"]; got != "workerpool" {
+		t.Errorf("worker endpoint relabels the pool label into %q, want workerpool (as the operator's series)", got)
+	}
+}
+
+// checkPrometheusRule: the rendered rules are config/prometheus's, unchanged.
+func checkPrometheusRule(t *testing.T, rule object) {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join(repoRoot, "config", "prometheus", "prometheusrule.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want, got map[string]any
+	if err := yaml.Unmarshal(src, &want); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(rule.raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["apiVersion"] != want["apiVersion"] || got["kind"] != want["kind"] {
+		t.Errorf("PrometheusRule is %v %v, config/prometheus's is %v %v", got["apiVersion"], got["kind"], want["apiVersion"], want["kind"])
+	}
+	if !reflect.DeepEqual(got["spec"], want["spec"]) {
+		g, _ := yaml.Marshal(got["spec"])
+		w, _ := yaml.Marshal(want["spec"])
+		t.Errorf("the chart's alert rules differ from config/prometheus/prometheusrule.yaml (run make chart-generate):\n--- chart\n%s\n--- config\n%s", g, w)
+	}
+	pr := rule.obj.(*prometheusRule)
+	var alerts []string
+	for _, g := range pr.Spec.Groups {
+		for _, r := range g.Rules {
+			alerts = append(alerts, r.Alert)
+		}
+	}
+	// The seed's five and the four condition alerts (test/manifests checks
+	// each rule against the metrics).
+	for _, a := range []string{"FFIPendingEventsHigh", "FFIOldestEventAging", "CompletionChannelSaturated", "CompletionChannelCritical",
+		"CallbackTimeoutsHigh", "WorkerPoolStarving", "WorkerPoolBackpressure", "WorkerPoolNotReady", "WorkerPoolMetricsUnavailable"} {
+		if !slices.Contains(alerts, a) {
+			t.Errorf("alert %s missing from the chart's PrometheusRule (%v)", a, alerts)
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// The Grafana dashboard
+
+type dashboard struct {
+	UID        string `json:"uid"`
+	Title      string `json:"title"`
+	Templating struct {
+		List []struct {
+			Name       string `json:"name"`
+			Type       string `json:"type"`
+			Query      any    `json:"query"`
+			Definition string `json:"definition"`
+		} `json:"list"`
+	} `json:"templating"`
+	Panels []struct {
+		ID         int    `json:"id"`
+		Title      string `json:"title"`
+		Type       string `json:"type"`
+		Datasource struct {
+			Type string `json:"type"`
+			UID  string `json:"uid"`
+		} `json:"datasource"`
+		Targets []struct {
+			RefID        string `json:"refId"`
+			Expr         string `json:"expr"`
+			LegendFormat string `json:"legendFormat"`
+		} `json:"targets"`
+	} `json:"panels"`
+}
+
+var legendLabel = regexp.MustCompile(`\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}`)
+
+func checkDashboard(t *testing.T, o object, relabeled map[string]string) {
+	t.Helper()
+	cm := typed[*corev1.ConfigMap](t, o)
+	if cm.Labels["grafana_dashboard"] != "1" {
+		t.Errorf("dashboard ConfigMap labels %v, want grafana_dashboard: \"1\" for Grafana's sidecar", cm.Labels)
+	}
+	if len(cm.Data) != 1 {
+		t.Fatalf("dashboard ConfigMap has %d keys, want one JSON file", len(cm.Data))
+	}
+	var raw string
+	for k, v := range cm.Data {
+		if !strings.HasSuffix(k, ".json") {
+			t.Errorf("dashboard key %q does not end in .json", k)
+		}
+		raw = v
+	}
+	var d dashboard
+	if err := json.Unmarshal([]byte(raw), &d); err != nil {
+		t.Fatalf("dashboard JSON: %v", err)
+	}
+	if d.UID == "" || d.Title == "" || len(d.Panels) == 0 {
+		t.Fatalf("dashboard uid %q title %q with %d panels", d.UID, d.Title, len(d.Panels))
+	}
+
+	fams := workerMetrics(t)
+	// Labels Prometheus adds to every target, and those the worker
+	// ServiceMonitor relabels in (workerpool).
+	targetLabels := slices.Concat([]string{"job", "instance", "namespace", "service", "pod", "container", "endpoint"},
+		slices.Collect(maps.Values(relabeled)))
+	variables := map[string]bool{}
+	for _, v := range d.Templating.List {
+		variables[v.Name] = true
+		if v.Type != "query" {
+			continue
+		}
+		m, label, err := labelValuesQuery(v.Definition)
+		if err != nil {
+			t.Errorf("variable %s: %v", v.Name, err)
+			continue
+		}
+		fam, ok := fams[m.name]
+		if !ok {
+			t.Errorf("variable %s reads %s, which the worker does not serve", v.Name, m.name)
+			continue
+		}
+		for _, l := range append(m.matchers, label) {
+			if !slices.Contains(fam.labels, l) && !slices.Contains(targetLabels, l) {
+				t.Errorf("variable %s uses label %s, which %s series do not carry", v.Name, l, m.name)
+			}
+		}
+	}
+	if !variables["datasource"] {
+		t.Error("the dashboard has no datasource variable; its panels name ${datasource}")
+	}
+
+	used := map[string]bool{}
+	var stepsByOutcome bool
+	for _, p := range d.Panels {
+		if p.Datasource.UID != "${datasource}" {
+			t.Errorf("panel %q uses datasource %q, want ${datasource}", p.Title, p.Datasource.UID)
+		}
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no queries", p.Title)
+		}
+		for _, tg := range p.Targets {
+			q, err := readPromQL(tg.Expr)
+			if err != nil {
+				t.Errorf("panel %q: %v", p.Title, err)
+				continue
+			}
+			if len(q.selectors) == 0 {
+				t.Errorf("panel %q: no metric in %q", p.Title, tg.Expr)
+			}
+			available := slices.Clone(targetLabels)
+			for _, s := range q.selectors {
+				used[s.name] = true
+				fam, ok := fams[s.name]
+				if !ok {
+					served := slices.DeleteFunc(slices.Sorted(maps.Keys(fams)), func(n string) bool { return !strings.HasPrefix(n, "tasker_") })
+					t.Errorf("panel %q reads %s, which the worker does not serve (it serves %v)", p.Title, s.name, served)
+					continue
+				}
+				if s.inRate && fam.typ != dto.MetricType_COUNTER {
+					t.Errorf("panel %q takes rate() of %s, a %s", p.Title, s.name, fam.typ)
+				}
+				if !s.inRate && fam.typ == dto.MetricType_COUNTER {
+					t.Errorf("panel %q shows the counter %s without rate()", p.Title, s.name)
+				}
+				for _, l := range s.matchers {
+					if !slices.Contains(fam.labels, l) && !slices.Contains(targetLabels, l) {
+						t.Errorf("panel %q matches label %s, which %s series do not carry", p.Title, l, s.name)
+					}
+				}
+				available = append(available, fam.labels...)
+			}
+			for _, l := range q.grouping {
+				if !slices.Contains(available, l) {
+					t.Errorf("panel %q groups by %s, which its series do not carry", p.Title, l)
+				}
+			}
+			for _, m := range legendLabel.FindAllStringSubmatch(tg.LegendFormat, -1) {
+				if len(q.grouping) > 0 && !slices.Contains(q.grouping, m[1]) {
+					t.Errorf("panel %q legend shows {{%s}}, which its by (...) drops", p.Title, m[1])
+				}
+			}
+			if slices.ContainsFunc(q.selectors, func(s promSelector) bool { return s.name == "tasker_steps_completed_total" }) &&
+				slices.Contains(q.grouping, "outcome") {
+				stepsByOutcome = true
+			}
+		}
+	}
+	for _, m := range []string{"tasker_ffi_pending_events", "tasker_ffi_oldest_event_age_ms", "tasker_channel_completion_saturation",
+		"tasker_dispatch_in_flight", "tasker_callback_timeouts_total", "tasker_steps_completed_total"} {
+		if !used[m] {
+			t.Errorf("the dashboard does not show %s", m)
+		}
+	}
+	if !stepsByOutcome {
+		t.Error("no panel shows tasker_steps_completed_total by outcome")
+	}
+}
+
+// ---------------------------------------------------------------------------
+// NetworkPolicy
+
+func TestNetworkPolicy(t *testing.T) {
+	objs := render(t, `
+watchNamespaces: [a, b]
+networkPolicy:
+  enabled: true
+  prometheus:
+    namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
+    podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}
+`)
+	checkCommon(t, objs)
+	d := typed[*appsv1.Deployment](t, objs.get(t, "Deployment", fullname))
+	operatorPod := labels.Set(d.Spec.Template.Labels)
+	releaseNS := labels.Set{"kubernetes.io/metadata.name": namespace}
+	promNS := labels.Set{"kubernetes.io/metadata.name": "monitoring"}
+	promPod := labels.Set{"app.kubernetes.io/name": "prometheus"}
+	workerPod := labels.Set{"app.kubernetes.io/managed-by": "workerpool-operator", "app.kubernetes.io/name": "tasker-worker",
+		workersv1alpha1.PoolLabel: "payments"}
+
+	var policyNamespaces []string
+	for _, o := range objs {
+		if o.kind != "NetworkPolicy" {
+			continue
+		}
+		policyNamespaces = append(policyNamespaces, o.namespace)
+		np := typed[*networkingv1.NetworkPolicy](t, o)
+		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		if err != nil || !sel.Matches(workerPod) || np.Spec.PodSelector.MatchLabels["app.kubernetes.io/managed-by"] != "workerpool-operator" {
+			t.Errorf("policy %s/%s podSelector %+v does not select the worker pods by managed-by (%v)", o.namespace, o.name, np.Spec.PodSelector, err)
+		}
+		if sel.Matches(operatorPod) {
+			t.Errorf("policy %s/%s also selects the operator's pods", o.namespace, o.name)
+		}
+		if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) || len(np.Spec.Egress) > 0 {
+			t.Errorf("policy %s/%s policyTypes %v egress %v, want ingress only", o.namespace, o.name, np.Spec.PolicyTypes, np.Spec.Egress)
+		}
+		if len(np.Spec.Ingress) != 1 {
+			t.Fatalf("policy %s/%s has %d ingress rules, want 1", o.namespace, o.name, len(np.Spec.Ingress))
+		}
+		rule := np.Spec.Ingress[0]
+		if len(rule.Ports) != 1 || rule.Ports[0].Port == nil || rule.Ports[0].Port.IntValue() != 9090 ||
+			rule.Ports[0].Protocol == nil || *rule.Ports[0].Protocol != corev1.ProtocolTCP || rule.Ports[0].EndPort != nil {
+			t.Errorf("policy %s/%s ports %s, want TCP 9090 only", o.namespace, o.name, rule.String())
+		}
+		// Who gets in: the operator's pods in the release namespace and the
+		// Prometheus pods in its namespace; nobody else.
+		// As NetworkPolicy peers match: no namespaceSelector means the
+		// policy's own namespace, no podSelector every pod.
+		admits := func(ns, pod labels.Set) bool {
+			for _, peer := range rule.From {
+				if peer.IPBlock != nil {
+					continue
+				}
+				nsOK := ns["kubernetes.io/metadata.name"] == o.namespace
+				if peer.NamespaceSelector != nil {
+					sel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
+					nsOK = err == nil && sel.Matches(ns)
+				}
+				podOK := true
+				if peer.PodSelector != nil {
+					sel, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
+					podOK = err == nil && sel.Matches(pod)
+				}
+				if nsOK && podOK {
+					return true
+				}
+			}
+			return false
+		}
+		for _, peer := range rule.From {
+			if peer.IPBlock != nil || peer.NamespaceSelector == nil || len(peer.NamespaceSelector.MatchLabels)+len(peer.NamespaceSelector.MatchExpressions) == 0 {
+				t.Errorf("policy %s/%s has a peer open to every namespace or an IP block: %+v", o.namespace, o.name, peer)
+			}
+		}
+		for _, c := range []struct {
+			what    string
+			ns, pod labels.Set
+			want    bool
+		}{
+			{"the operator", releaseNS, operatorPod, true},
+			{"Prometheus", promNS, promPod, true},
+			{"another pod in the operator's namespace", releaseNS, labels.Set{"app": "x"}, false},
+			{"the operator's labels in another namespace", labels.Set{"kubernetes.io/metadata.name": "a"}, operatorPod, false},
+			{"another pod in Prometheus's namespace", promNS, labels.Set{"app": "grafana"}, false},
+			{"a worker of the same namespace", labels.Set{"kubernetes.io/metadata.name": o.namespace}, workerPod, false},
+		} {
+			if got := admits(c.ns, c.pod); got != c.want {
+				t.Errorf("policy %s/%s admits %s: %v, want %v", o.namespace, o.name, c.what, got, c.want)
+			}
+		}
+	}
+	slices.Sort(policyNamespaces)
+	if !slices.Equal(policyNamespaces, []string{"a", "b"}) {
+		t.Errorf("NetworkPolicies in %v, want one in each watched namespace [a b]", policyNamespaces)
+	}
+
+	// Without a Prometheus selector only the operator gets in; cluster-wide,
+	// the policy goes to the namespaces listed for it.
+	objs = render(t, "networkPolicy:\n  enabled: true\n  namespaces: [shop]\n")
+	np := typed[*networkingv1.NetworkPolicy](t, objs.get(t, "NetworkPolicy", fullname+"-workers"))
+	if np.Namespace != "shop" || len(np.Spec.Ingress) != 1 || len(np.Spec.Ingress[0].From) != 1 {
+		t.Errorf("policy %s: ingress %+v, want only the operator's peer, in shop", np.Namespace, np.Spec.Ingress)
+	}
+	// Cluster-wide with no namespace for the policy is an error, not a
+	// policy that silently covers nothing.
+	if err := renderError(t, "networkPolicy:\n  enabled: true\n"); !strings.Contains(err, "networkPolicy.namespaces") {
+		t.Errorf("networkPolicy without namespaces: %s", err)
+	}
+	if _, ok := render(t, "").find("NetworkPolicy", fullname+"-workers", ""); ok {
+		t.Error("the NetworkPolicy is rendered by default")
+	}
+}
+
+// ---------------------------------------------------------------------------
+// values.schema.json
+
+func TestSchemaRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name, values string
+		want         []string // in the error
+	}{
+		{"typo at the top", "replicaCont: 2\n", []string{"additional properties 'replicaCont' not allowed"}},
+		{"typo nested", "manager:\n  statusIntervl: 30s\n", []string{"at '/manager'", "'statusIntervl'"}},
+		{"typo deep", "monitoring:\n  dashboard:\n    enable: true\n", []string{"at '/monitoring/dashboard'", "'enable'"}},
+		{"typo in affinity", "affinity:\n  nodeAfinity: {}\n", []string{"at '/affinity'", "'nodeAfinity'"}},
+		{"wrong type", "replicaCount: \"two\"\n", []string{"at '/replicaCount'", "want integer"}},
+		{"wrong type nested", "watchNamespaces: shop\n", []string{"at '/watchNamespaces'", "want array"}},
+		{"zero replicas", "replicaCount: 0\n", []string{"at '/replicaCount'", "minimum"}},
+		{"bad enum", "image:\n  pullPolicy: Sometimes\n", []string{"at '/image/pullPolicy'", "IfNotPresent"}},
+		{"bad duration", "manager:\n  statusInterval: 15\n", []string{"at '/manager/statusInterval'"}},
+		{"bad namespace", "watchNamespaces: [Shop]\n", []string{"at '/watchNamespaces/0'"}},
+		{"bad log level", "manager:\n  logLevel: verbose\n", []string{"at '/manager/logLevel'"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, stderr, err := helm(t, "template", release, chartDir, "--namespace", namespace, "--values", valuesFile(t, tc.values))
+			if err == nil {
+				t.Fatalf("helm template accepted %q", tc.values)
+			}
+			if strings.TrimSpace(out) != "" {
+				t.Errorf("helm template printed manifests although it failed:\n%s", out)
+			}
+			if !strings.Contains(stderr, "values don't meet the specifications of the schema") {
+				t.Errorf("not a schema error: %s", stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("error does not say %q:\n%s", w, stderr)
+				}
+			}
+		})
+	}
+}
+
+// TestSchemaStrict: every object in values.schema.json refuses unknown keys,
+// except string maps (labels, annotations, selectors, resource lists), whose
+// values are still typed.
+func TestSchemaStrict(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(chartDir, "values.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema map[string]any
+	if err := json.Unmarshal(b, &schema); err != nil {
+		t.Fatalf("values.schema.json: %v", err)
+	}
+	if schema["$schema"] != "http://json-schema.org/draft-07/schema#" {
+		t.Errorf("$schema = %v, want draft-07", schema["$schema"])
+	}
+	defs, _ := schema["definitions"].(map[string]any)
+	var objects int
+	var walk func(path string, node any)
+	walk = func(path string, node any) {
+		s, ok := node.(map[string]any)
+		if !ok {
+			t.Errorf("%s: schema %v is not an object", path, node)
+			return
+		}
+		if _, ok := s["properties"]; ok || s["type"] == "object" {
+			objects++
+			switch ap := s["additionalProperties"].(type) {
+			case bool:
+				if ap {
+					t.Errorf("%s: additionalProperties true", path)
+				}
+			case map[string]any:
+				if leafType(ap, defs) == "object" || leafType(ap, defs) == "" {
+					t.Errorf("%s: a map whose values are not typed scalars: %v", path, ap)
+				}
+				if _, ok := s["properties"]; ok {
+					t.Errorf("%s: both properties and a map of additional ones", path)
+				}
+			default:
+				t.Errorf("%s: an object without additionalProperties false", path)
+			}
+		}
+		for _, key := range []string{"properties", "definitions"} {
+			if m, ok := s[key].(map[string]any); ok {
+				for k, v := range m {
+					walk(path+"/"+k, v)
+				}
+			}
+		}
+		for _, key := range []string{"items", "additionalProperties"} {
+			if v, ok := s[key].(map[string]any); ok {
+				walk(path+"/"+key, v)
+			}
+		}
+		for _, key := range []string{"oneOf", "anyOf", "allOf"} {
+			if l, ok := s[key].([]any); ok {
+				for i, v := range l {
+					walk(fmt.Sprintf("%s/%s/%d", path, key, i), v)
+				}
+			}
+		}
+	}
+	walk("#", schema)
+	if objects < 20 {
+		t.Errorf("walked only %d object schemas", objects)
+	}
+
+	// Every value in values.yaml is described in the schema (helm validates
+	// the defaults too, which TestDefaults renders, but say which key).
+	vb, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(vb, &values); err != nil {
+		t.Fatal(err)
+	}
+	var check func(path string, v map[string]any, s map[string]any)
+	check = func(path string, v map[string]any, s map[string]any) {
+		s = resolve(s, defs)
+		props, _ := s["properties"].(map[string]any)
+		for k, val := range v {
+			ps, ok := props[k].(map[string]any)
+			if !ok {
+				if _, isMap := s["additionalProperties"].(map[string]any); !isMap {
+					t.Errorf("values.yaml %s.%s is not in the schema", path, k)
+				}
+				continue
+			}
+			if m, ok := val.(map[string]any); ok {
+				check(path+"."+k, m, ps)
+			}
+		}
+	}
+	check("", values, schema)
+}
+
+// resolve follows a local $ref.
+func resolve(s map[string]any, defs map[string]any) map[string]any {
+	for {
+		ref, ok := s["$ref"].(string)
+		if !ok {
+			return s
+		}
+		next, ok := defs[strings.TrimPrefix(ref, "#/definitions/")].(map[string]any)
+		if !ok {
+			return s
+		}
+		s = next
+	}
+}
+
+// leafType is the type a schema allows ("" if it cannot tell, "object" if
+// any branch allows objects).
+func leafType(s map[string]any, defs map[string]any) string {
+	s = resolve(s, defs)
+	if t, ok := s["type"].(string); ok {
+		return t
+	}
+	for _, key := range []string{"oneOf", "anyOf"} {
+		if l, ok := s[key].([]any); ok {
+			out := ""
+			for _, v := range l {
+				m, _ := v.(map[string]any)
+				switch t := leafType(m, defs); t {
+				case "", "object":
+					return t
+				default:
+					out = t
+				}
+			}
+			return out
+		}
+	}
+	return ""
+}
+
+// ---------------------------------------------------------------------------
+// NOTES.txt
+
+func TestNotes(t *testing.T) {
+	notes := renderNotes(t, "watchNamespaces: [shop]\n")
+	for _, want := range []string{
+		"kubectl -n " + namespace + " rollout status deployment/" + fullname,
+		"kubectl -n shop create secret generic tasker-db",
+		"kubectl -n shop apply -f - <<'EOF'",
+		"kubectl -n shop get wp -w",
+		"kubectl -n shop describe wp minimal",
+		"watching the namespaces shop",
+		"helm.sh/resource-policy: keep",
+	} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("NOTES do not say %q:\n%s", want, notes)
+		}
+	}
+	// The sample pool in the NOTES is a valid WorkerPool, pasteable as a
+	// heredoc: its terminator stands alone at the start of a line.
+	_, after, ok := strings.Cut(notes, "apply -f - <<'EOF'\n")
+	body, _, ok2 := strings.Cut(after, "\nEOF\n")
+	if !ok || !ok2 {
+		t.Fatalf("no heredoc ending in a bare EOF line in the NOTES:\n%s", notes)
+	}
+	var wp workersv1alpha1.WorkerPool
+	if err := yaml.UnmarshalStrict([]byte(body), &wp); err != nil {
+		t.Fatalf("the NOTES' sample pool does not decode strictly: %v\n%s", err, body)
+	}
+	if wp.APIVersion != workersv1alpha1.GroupVersion.String() || wp.Kind != "WorkerPool" || wp.Name != "minimal" ||
+		wp.Spec.Image == "" || wp.Spec.Queue.DatabaseSecretRef.Name != "tasker-db" {
+		t.Errorf("the NOTES' sample pool = %+v", wp)
+	}
+
+	notes = renderNotes(t, "crds:\n  install: false\n")
+	for _, want := range []string{"watching every namespace", "crds.install is false", "kubectl -n default get wp -w"} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("NOTES with defaults and crds.install=false do not say %q:\n%s", want, notes)
+		}
+	}
+	if strings.Contains(notes, "resource-policy") {
+		t.Error("NOTES talk about the CRD's keep policy although the chart does not install the CRD")
+	}
+}
+
+// renderNotes renders templates/NOTES.txt. helm template leaves NOTES out
+// (and install --dry-run needs a cluster), so a copy of the chart gets a
+// ConfigMap that renders the NOTES with tpl, in the chart's own context.
+func renderNotes(t *testing.T, values string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "workerpool-operator")
+	if err := os.CopyFS(dir, os.DirFS(chartDir)); err != nil {
+		t.Fatal(err)
+	}
+	notes, err := os.ReadFile(filepath.Join(chartDir, "templates", "NOTES.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "files", "notes-under-test.txt"), notes, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-under-test\ndata:\n" +
+		"  notes: {{ tpl (.Files.Get \"files/notes-under-test.txt\") . | toJson }}\n"
+	if err := os.WriteFile(filepath.Join(dir, "templates", "notes-under-test.yaml"), []byte(cm), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, err := helm(t, "template", release, dir, "--namespace", namespace, "--show-only", "templates/notes-under-test.yaml",
+		"--values", valuesFile(t, values))
+	if err != nil {
+		t.Fatalf("render NOTES: %v\n%s", err, stderr)
+	}
+	var c corev1.ConfigMap
+	if err := yaml.UnmarshalStrict([]byte(out), &c); err != nil {
+		t.Fatalf("rendered NOTES: %v\n%s", err, out)
+	}
+	if c.Data["notes"] == "" {
+		t.Fatal("NOTES render empty")
+	}
+	return c.Data["notes"]
+}
+
+// ---------------------------------------------------------------------------
+// Shared checks
+
+func checkNames(t *testing.T, objs objects, want []string) {
+	t.Helper()
+	got := objs.names()
+	slices.Sort(got)
+	want = slices.Sorted(slices.Values(want))
+	if !slices.Equal(got, want) {
+		t.Errorf("rendered objects:\n  %v\nwant:\n  %v", got, want)
+	}
+}
+
+// checkCommon holds for every render: cluster-scoped objects have no
+// namespace and namespaced ones name theirs; every object but the CRD is
+// named after the release and carries the chart's labels; no two collide.
+func checkCommon(t *testing.T, objs objects) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, o := range objs {
+		key := o.kind + "/" + o.namespace + "/" + o.name
+		if seen[key] {
+			t.Errorf("%s rendered twice", key)
+		}
+		seen[key] = true
+		if namespaced(o.kind) && o.namespace == "" {
+			t.Errorf("%s %s has no namespace", o.kind, o.name)
+		}
+		if !namespaced(o.kind) && o.namespace != "" {
+			t.Errorf("cluster-scoped %s %s has namespace %q", o.kind, o.name, o.namespace)
+		}
+		if o.kind == "CustomResourceDefinition" {
+			continue // kept exactly as config/crd/bases has it
+		}
+		var meta metav1.PartialObjectMetadata
+		if err := yaml.Unmarshal(o.raw, &meta); err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range map[string]string{
+			"app.kubernetes.io/name": "workerpool-operator", "app.kubernetes.io/instance": release,
+			"app.kubernetes.io/managed-by": "Helm", "helm.sh/chart": "workerpool-operator-" + chartVersion(t),
+		} {
+			if meta.Labels[k] != v {
+				t.Errorf("%s %s: label %s=%q, want %q", o.kind, o.name, k, meta.Labels[k], v)
+			}
+		}
+	}
+}
+
+// checkBindings: every binding refers to a role the chart renders (a Role in
+// the binding's own namespace) and only to the ServiceAccount the chart
+// renders and the operator runs as.
+func checkBindings(t *testing.T, objs objects) int {
+	t.Helper()
+	var n int
+	for _, o := range objs {
+		var ref rbacv1.RoleRef
+		var subjects []rbacv1.Subject
+		switch b := o.obj.(type) {
+		case *rbacv1.ClusterRoleBinding:
+			ref, subjects = b.RoleRef, b.Subjects
+			if ref.Kind != "ClusterRole" {
+				t.Errorf("ClusterRoleBinding %s refers to a %s", o.name, ref.Kind)
+			}
+		case *rbacv1.RoleBinding:
+			ref, subjects = b.RoleRef, b.Subjects
+		default:
+			continue
+		}
+		n++
+		if ref.APIGroup != rbacv1.GroupName {
+			t.Errorf("%s %s: roleRef apiGroup %q", o.kind, o.name, ref.APIGroup)
+		}
+		ns := ""
+		if ref.Kind == "Role" {
+			ns = o.namespace
+		}
+		if _, ok := objs.find(ref.Kind, ref.Name, ns); !ok {
+			t.Errorf("%s %s/%s refers to %s %q, which the chart does not render (in %q)", o.kind, o.namespace, o.name, ref.Kind, ref.Name, ns)
+		}
+		if len(subjects) != 1 {
+			t.Errorf("%s %s has %d subjects, want the operator's ServiceAccount", o.kind, o.name, len(subjects))
+		}
+		for _, s := range subjects {
+			if s.Kind != rbacv1.ServiceAccountKind || s.Namespace != namespace {
+				t.Errorf("%s %s: subject %s %s/%s, want a ServiceAccount in the release namespace", o.kind, o.name, s.Kind, s.Namespace, s.Name)
+			}
+			d := typed[*appsv1.Deployment](t, objs.get(t, "Deployment", deploymentName(objs)))
+			if s.Name != d.Spec.Template.Spec.ServiceAccountName {
+				t.Errorf("%s %s binds ServiceAccount %s, but the operator runs as %s", o.kind, o.name, s.Name, d.Spec.Template.Spec.ServiceAccountName)
+			}
+			if _, created := objs.find("ServiceAccount", s.Name, s.Namespace); !created {
+				t.Errorf("%s %s binds ServiceAccount %s/%s, which the chart does not render", o.kind, o.name, s.Namespace, s.Name)
+			}
+		}
+	}
+	return n
+}
+
+func deploymentName(objs objects) string {
+	for _, o := range objs {
+		if o.kind == "Deployment" {
+			return o.name
+		}
+	}
+	return ""
+}
+
+// checkRoles: each role's rules are those of its counterpart in config/rbac
+// (role.yaml is generated by controller-gen from the controllers' markers).
+func checkRoles(t *testing.T, objs objects, watchNamespaces []string) {
+	t.Helper()
+	compare := func(o object, rules []rbacv1.PolicyRule, file string) {
+		want := configRole(t, file)
+		if !apiequality.Semantic.DeepEqual(rules, want.Rules) {
+			t.Errorf("%s %s/%s rules differ from config/rbac/%s (run make chart-generate):\n got %+v\nwant %+v", o.kind, o.namespace, o.name, file, rules, want.Rules)
+		}
+	}
+	if len(watchNamespaces) == 0 {
+		o := objs.get(t, "ClusterRole", fullname+"-manager")
+		compare(o, typed[*rbacv1.ClusterRole](t, o).Rules, "role.yaml")
+	}
+	for _, ns := range watchNamespaces {
+		o, ok := objs.find("Role", fullname+"-manager", ns)
+		if !ok {
+			t.Fatalf("no manager Role in %s", ns)
+		}
+		compare(o, typed[*rbacv1.Role](t, o).Rules, "role.yaml")
+		for _, r := range typed[*rbacv1.Role](t, o).Rules {
+			if len(r.NonResourceURLs) > 0 {
+				t.Errorf("manager Role in %s has non-resource rules, which a Role cannot grant: %+v", ns, r)
+			}
+		}
+	}
+	o := objs.get(t, "Role", fullname+"-leader-election")
+	compare(o, typed[*rbacv1.Role](t, o).Rules, "leader_election_role.yaml")
+	o = objs.get(t, "ClusterRole", fullname+"-metrics-auth")
+	compare(o, typed[*rbacv1.ClusterRole](t, o).Rules, "metrics_auth_role.yaml")
+	o = objs.get(t, "ClusterRole", fullname+"-metrics-reader")
+	compare(o, typed[*rbacv1.ClusterRole](t, o).Rules, "metrics_reader_role.yaml")
+	for _, role := range []string{"editor", "viewer"} {
+		o := objs.get(t, "ClusterRole", fullname+"-workerpool-"+role)
+		cr := typed[*rbacv1.ClusterRole](t, o)
+		file := "workerpool_" + role + "_role.yaml"
+		compare(o, cr.Rules, file)
+		for k, v := range configRole(t, file).Labels {
+			if strings.HasPrefix(k, "rbac.authorization.k8s.io/aggregate-to-") && cr.Labels[k] != v {
+				t.Errorf("ClusterRole %s lacks the aggregation label %s=%s of config/rbac/%s", o.name, k, v, file)
+			}
+		}
+	}
+}
+
+// configRole reads a (Cluster)Role of config/rbac strictly.
+func configRole(t *testing.T, file string) rbacv1.ClusterRole {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "config", "rbac", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, _, err := codecs.UniversalDeserializer().Decode(bytes.TrimPrefix(b, []byte("---\n")), nil, nil)
+	if err != nil {
+		t.Fatalf("config/rbac/%s: %v", file, err)
+	}
+	switch r := obj.(type) {
+	case *rbacv1.ClusterRole:
+		return *r
+	case *rbacv1.Role:
+		return rbacv1.ClusterRole{ObjectMeta: r.ObjectMeta, Rules: r.Rules}
+	}
+	t.Fatalf("config/rbac/%s is a %T", file, obj)
+	return rbacv1.ClusterRole{}
+}
+
+// checkCRD: the rendered CRDs are config/crd/bases's, with the keep policy.
+func checkCRD(t *testing.T, objs objects) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(repoRoot, "config", "crd", "bases", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no CRDs in config/crd/bases (%v)", err)
+	}
+	var rendered int
+	for _, o := range objs {
+		if o.kind == "CustomResourceDefinition" {
+			rendered++
+		}
+	}
+	if rendered != len(files) {
+		t.Errorf("%d CRDs rendered, config/crd/bases has %d", rendered, len(files))
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj, _, err := codecs.UniversalDeserializer().Decode(b, nil, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		want := obj.(*apiextensionsv1.CustomResourceDefinition)
+		got := typed[*apiextensionsv1.CustomResourceDefinition](t, objs.get(t, "CustomResourceDefinition", want.Name))
+		if got.Annotations[keep] != "keep" {
+			t.Errorf("CRD %s annotations %v, want %s: keep, so helm uninstall leaves it and the pools", got.Name, got.Annotations, keep)
+		}
+		want.Annotations[keep] = "keep"
+		if !apiequality.Semantic.DeepEqual(got, want) {
+			t.Errorf("CRD %s differs from %s plus the keep annotation (run make chart-generate)", got.Name, f)
+		}
+	}
+}
+
+// defaultArgs are the manager's arguments with the default values.
+func defaultArgs(watch []string) []string {
+	args := []string{"--health-probe-bind-address=:8081", "--metrics-bind-address=:8443",
+		"--leader-elect", "--leader-election-namespace=" + namespace}
+	if len(watch) > 0 {
+		args = append(args, "--watch-namespaces="+strings.Join(watch, ","))
+	}
+	return append(args, "--status-interval=15s", "--scrape-timeout=2s", "--scrape-concurrency=64", "--max-concurrent-reconciles=4",
+		"--zap-log-level=info", "--zap-encoder=json")
+}
+
+// checkDeployment: the manager Deployment runs restricted, probes and serves
+// metrics on the ports its flags name, and is selected by the metrics Service.
+func checkDeployment(t *testing.T, objs objects, replicas int32, wantArgs []string) *appsv1.Deployment {
+	t.Helper()
+	d := typed[*appsv1.Deployment](t, objs.get(t, "Deployment", fullname))
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != replicas {
+		t.Errorf("replicas = %v, want %d", d.Spec.Replicas, replicas)
+	}
+	pod := d.Spec.Template.Spec
+	if pod.ServiceAccountName != fullname {
+		t.Errorf("serviceAccountName = %q, want %q", pod.ServiceAccountName, fullname)
+	}
+	objs.get(t, "ServiceAccount", pod.ServiceAccountName)
+	if sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector); err != nil || sel.Empty() || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("Deployment selector %v does not match its pod labels %v (%v)", d.Spec.Selector, d.Spec.Template.Labels, err)
+	}
+	if d.Spec.Template.Labels["app.kubernetes.io/managed-by"] == "workerpool-operator" {
+		t.Error("the operator's pods carry the workers' managed-by label")
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("manager pod has %d containers, want 1", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	if c.Name != "manager" || !slices.Equal(c.Command, []string{"/manager"}) {
+		t.Errorf("container %q command %v, want manager running /manager", c.Name, c.Command)
+	}
+	if !slices.Equal(c.Args, wantArgs) {
+		t.Errorf("args = %q\nwant %q", c.Args, wantArgs)
+	}
+	if leader := slices.Contains(c.Args, "--leader-elect"); replicas > 1 && !leader {
+		t.Errorf("%d replicas without --leader-elect", replicas)
+	}
+	if g := pod.TerminationGracePeriodSeconds; g == nil || *g != 10 {
+		t.Errorf("terminationGracePeriodSeconds = %v, want 10", g)
+	}
+	for _, v := range restrictedViolations(pod) {
+		t.Errorf("the manager pod is not restricted: %s", v)
+	}
+
+	probePort := flagPort(t, c.Args, "--health-probe-bind-address")
+	for _, p := range []struct {
+		name  string
+		probe *corev1.Probe
+		path  string
+	}{{"liveness", c.LivenessProbe, "/healthz"}, {"readiness", c.ReadinessProbe, "/readyz"}} {
+		if p.probe == nil || p.probe.HTTPGet == nil {
+			t.Errorf("no HTTP %s probe", p.name)
+			continue
+		}
+		if p.probe.HTTPGet.Path != p.path || containerPort(t, c, p.probe.HTTPGet.Port.String()) != probePort {
+			t.Errorf("%s probe GET %s on %s, want %s on %d", p.name, p.probe.HTTPGet.Path, p.probe.HTTPGet.Port.String(), p.path, probePort)
+		}
+	}
+	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		req, lim := c.Resources.Requests[r], c.Resources.Limits[r]
+		if req.IsZero() || lim.IsZero() || req.Cmp(lim) > 0 {
+			t.Errorf("%s request %s / limit %s: want both set, request <= limit", r, req.String(), lim.String())
+		}
+	}
+
+	// The metrics Service reaches the manager's metrics port over https 8443.
+	svc := typed[*corev1.Service](t, objs.get(t, "Service", fullname+"-metrics"))
+	metricsPort := flagPort(t, c.Args, "--metrics-bind-address")
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "https" || svc.Spec.Ports[0].Port != 8443 ||
+		containerPort(t, c, svc.Spec.Ports[0].TargetPort.String()) != metricsPort || metricsPort != 8443 {
+		t.Errorf("metrics Service ports = %+v, want https 8443 -> the manager's %d", svc.Spec.Ports, metricsPort)
+	}
+	if len(svc.Spec.Selector) == 0 || !labels.Set(svc.Spec.Selector).AsSelector().Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("metrics Service selector %v does not select the manager pods %v", svc.Spec.Selector, d.Spec.Template.Labels)
+	}
+	return d
+}
+
+// restrictedViolations checks a pod against the restricted Pod Security
+// Standard (the controls a Deployment's template can break).
+func restrictedViolations(pod corev1.PodSpec) []string {
+	var out []string
+	if pod.HostNetwork || pod.HostPID || pod.HostIPC {
+		out = append(out, "host namespaces")
+	}
+	for _, v := range pod.Volumes {
+		if v.HostPath != nil {
+			out = append(out, "hostPath volume "+v.Name)
+		}
+	}
+	psc := pod.SecurityContext
+	podNonRoot := psc != nil && psc.RunAsNonRoot != nil && *psc.RunAsNonRoot
+	podSeccomp := psc != nil && psc.SeccompProfile != nil && psc.SeccompProfile.Type == corev1.SeccompProfileTypeRuntimeDefault
+	if psc != nil && psc.RunAsUser != nil && *psc.RunAsUser == 0 {
+		out = append(out, "pod runAsUser 0")
+	}
+	for _, c := range slices.Concat(pod.InitContainers, pod.Containers) {
+		sc := c.SecurityContext
+		if sc == nil {
+			out = append(out, c.Name+": no securityContext")
+			continue
+		}
+		if sc.Privileged != nil && *sc.Privileged {
+			out = append(out, c.Name+": privileged")
+		}
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+			out = append(out, c.Name+": allowPrivilegeEscalation is not false")
+		}
+		if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0 {
+			out = append(out, c.Name+": capabilities do not drop ALL (or add some)")
+		}
+		if !podNonRoot && (sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot) {
+			out = append(out, c.Name+": runAsNonRoot is not true")
+		}
+		if sc.RunAsUser != nil && *sc.RunAsUser == 0 {
+			out = append(out, c.Name+": runAsUser 0")
+		}
+		if !podSeccomp && (sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault) {
+			out = append(out, c.Name+": seccompProfile is not RuntimeDefault")
+		}
+		if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+			out = append(out, c.Name+": readOnlyRootFilesystem is not true") // beyond the standard, as config/manager
+		}
+		for _, p := range c.Ports {
+			if p.HostPort != 0 {
+				out = append(out, fmt.Sprintf("%s: hostPort %d", c.Name, p.HostPort))
+			}
+		}
+	}
+	return out
+}
+
+// containerPort resolves a probe's or Service's port (a number or a name).
+func containerPort(t *testing.T, c corev1.Container, port string) int {
+	t.Helper()
+	if n, err := strconv.Atoi(port); err == nil {
+		return n
+	}
+	for _, p := range c.Ports {
+		if p.Name == port {
+			return int(p.ContainerPort)
+		}
+	}
+	t.Errorf("container %s has no port named %q", c.Name, port)
+	return 0
+}
+
+// flagPort is the port of a --flag=host:port argument.
+func flagPort(t *testing.T, args []string, flag string) int {
+	t.Helper()
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, flag+"="); ok {
+			_, port, err := net.SplitHostPort(v)
+			if err != nil {
+				t.Fatalf("%s: %v", a, err)
+			}
+			p, err := strconv.Atoi(port)
+			if err != nil {
+				t.Fatalf("%s: %v", a, err)
+			}
+			return p
+		}
+	}
+	t.Fatalf("no %s in %v", flag, args)
+	return 0
+}
+
+// ---------------------------------------------------------------------------
+// The manager accepts the chart's flags
+
+var manager struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// tmpDir holds the manager binary built for the test run.
+var tmpDir string
+
+func TestMain(m *testing.M) {
+	var err error
+	if tmpDir, err = os.MkdirTemp("", "chart-test-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(tmpDir)
+	os.Exit(code)
+}
+
+// checkManagerAcceptsArgs runs the real manager with the chart's arguments
+// and a kubeconfig that does not exist: it must get past parsing and
+// validating its flags (an unknown flag exits 2, a bad value names its flag)
+// and stop where it looks for the cluster.
+func checkManagerAcceptsArgs(t *testing.T, args []string) {
+	t.Helper()
+	manager.once.Do(func() {
+		manager.path = filepath.Join(tmpDir, "manager")
+		cmd := exec.Command(goCommand(t), "build", "-o", manager.path, "./cmd/manager")
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			manager.err = fmt.Errorf("go build ./cmd/manager: %v\n%s", err, out)
+		}
+	})
+	if manager.err != nil {
+		t.Fatal(manager.err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	missing := filepath.Join(t.TempDir(), "no-kubeconfig")
+	cmd := exec.CommandContext(ctx, manager.path, append(slices.Clone(args), "--kubeconfig="+missing)...)
+	cmd.Env = []string{"HOME=" + t.TempDir()} // no KUBECONFIG, no in-cluster service host
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), `"kubeconfig: `) {
+		t.Errorf("the manager does not accept the chart's arguments %q: %v\n%s", args, err, out)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// The metrics a worker really serves (as test/manifests reads them)
+
+type family struct {
+	typ    dto.MetricType
+	labels []string
+}
+
+var workerFamilies struct {
+	once sync.Once
+	fams map[string]family
+}
+
+// workerMetrics assembles a real worker (FFI enabled, so every family is
+// registered) and reads its /metrics. The worker never runs and its database
+// pool never connects.
+func workerMetrics(t *testing.T) map[string]family {
+	t.Helper()
+	workerFamilies.once.Do(func() {
+		cfg := config.Default()
+		cfg.Worker.WorkerID = "chart-test"
+		cfg.Worker.MPSCChannels.FFIDispatch.Enabled = true
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = ln.Close() }()
+		w, err := worker.New(context.Background(), worker.Options{
+			Config:      cfg,
+			DatabaseURL: "postgres://chart@127.0.0.1:1/chart",
+			Logger:      logr.Discard(),
+			Listener:    ln,
+			Version:     "test",
+		})
+		if err != nil {
+			t.Fatalf("assemble worker: %v", err)
+		}
+		defer w.Queue().Pool().Close()
+		rec := httptest.NewRecorder()
+		w.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("worker /metrics: %d %s", rec.Code, rec.Body)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		mfs, err := parser.TextToMetricFamilies(rec.Body)
+		if err != nil {
+			t.Fatalf("parse worker /metrics: %v", err)
+		}
+		fams := map[string]family{}
+		for name, mf := range mfs {
+			f := family{typ: mf.GetType()}
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if !slices.Contains(f.labels, lp.GetName()) {
+						f.labels = append(f.labels, lp.GetName())
+					}
+				}
+			}
+			fams[name] = f
+		}
+		workerFamilies.fams = fams
+	})
+	if workerFamilies.fams == nil {
+		t.Fatal("the worker's metrics could not be read (see the first failure)")
+	}
+	return workerFamilies.fams
+}
+
+// ---------------------------------------------------------------------------
+// Prometheus operator objects (monitoring.coreos.com/v1): the fields the
+// chart uses, decoded strictly, so a misspelt field fails.
+
+type prometheusRule struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Groups []struct {
+			Name  string `json:"name"`
+			Rules []struct {
+				Alert       string            `json:"alert"`
+				Expr        string            `json:"expr"`
+				For         string            `json:"for"`
+				Labels      map[string]string `json:"labels"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"rules"`
+		} `json:"groups"`
+	} `json:"spec"`
+}
+
+type serviceMonitor struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Selector          metav1.LabelSelector `json:"selector"`
+		NamespaceSelector *struct {
+			Any        bool     `json:"any"`
+			MatchNames []string `json:"matchNames"`
+		} `json:"namespaceSelector"`
+		Endpoints []struct {
+			Port            string `json:"port"`
+			Path            string `json:"path"`
+			Scheme          string `json:"scheme"`
+			Interval        string `json:"interval"`
+			ScrapeTimeout   string `json:"scrapeTimeout"`
+			BearerTokenFile string `json:"bearerTokenFile"`
+			HonorLabels     bool   `json:"honorLabels"`
+			TLSConfig       *struct {
+				InsecureSkipVerify bool `json:"insecureSkipVerify"`
+			} `json:"tlsConfig"`
+			Relabelings []struct {
+				SourceLabels []string `json:"sourceLabels"`
+				TargetLabel  string   `json:"targetLabel"`
+				Action       string   `json:"action"`
+			} `json:"relabelings"`
+		} `json:"endpoints"`
+	} `json:"spec"`
+}
+
+// relabelTargets maps each single source label of a monitor's replace
+// relabelings to its target label.
+func relabelTargets(m *serviceMonitor) map[string]string {
+	out := map[string]string{}
+	for _, ep := range m.Spec.Endpoints {
+		for _, r := range ep.Relabelings {
+			if len(r.SourceLabels) == 1 && (r.Action == "" || r.Action == "replace") {
+				out[r.SourceLabels[0]] = r.TargetLabel
+			}
+		}
+	}
+	return out
+}
+
+// ---------------------------------------------------------------------------
+// helm and decoding
+
+// codecs decodes client-go's kinds and CRDs, strictly.
+var codecs = func() serializer.CodecFactory {
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(apiextensionsv1.AddToScheme(scheme))
+	return serializer.NewCodecFactory(scheme, serializer.EnableStrict)
+}()
+
+func goCommand(t *testing.T) string {
+	t.Helper()
+	// go test puts its own toolchain's bin first in PATH.
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command is needed to run the pinned helm: %v", err)
+	}
+	return gobin
+}
+
+var helmBinary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// helmPath is the executable of the helm pinned in hack/tools/go.mod, as
+// `go tool` builds and caches it: `go tool helm version` builds it (once),
+// `go tool -n helm` names it. Running it directly saves go tool's second
+// per call.
+func helmPath(t *testing.T) string {
+	t.Helper()
+	helmBinary.once.Do(func() {
+		modfile, err := filepath.Abs(filepath.Join(repoRoot, "hack", "tools", "go.mod"))
+		if err != nil {
+			helmBinary.err = err
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		if out, err := exec.CommandContext(ctx, goCommand(t), "tool", "-modfile="+modfile, "helm", "version").CombinedOutput(); err != nil {
+			helmBinary.err = fmt.Errorf("go tool helm version: %v\n%s", err, out)
+			return
+		}
+		out, err := exec.CommandContext(ctx, goCommand(t), "tool", "-n", "-modfile="+modfile, "helm").Output()
+		if err != nil {
+			helmBinary.err = fmt.Errorf("go tool -n helm: %v", err)
+			return
+		}
+		helmBinary.path = strings.TrimSpace(string(out))
+		if _, err := os.Stat(helmBinary.path); err != nil {
+			helmBinary.err = fmt.Errorf("go tool -n helm names %q: %v", helmBinary.path, err)
+		}
+	})
+	if helmBinary.err != nil {
+		t.Fatal(helmBinary.err)
+	}
+	return helmBinary.path
+}
+
+// helm runs the pinned helm, with its cache, config and data directories
+// (and kubeconfig) in a temporary directory.
+func helm(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	home := t.TempDir()
+	cmd := exec.CommandContext(ctx, helmPath(t), args...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"), "HELM_CONFIG_HOME="+filepath.Join(home, "config"),
+		"HELM_DATA_HOME="+filepath.Join(home, "data"), "KUBECONFIG="+filepath.Join(home, "no-kubeconfig"))
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
+func valuesFile(t *testing.T, values string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(f, []byte(values), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// render runs helm template with values (YAML) and decodes every document.
+func render(t *testing.T, values string) objects {
+	t.Helper()
+	out, stderr, err := helm(t, "template", release, chartDir, "--namespace", namespace, "--values", valuesFile(t, values))
+	if err != nil {
+		t.Fatalf("helm template with %q: %v\n%s", values, err, stderr)
+	}
+	return decode(t, out)
+}
+
+// renderError runs helm template, which must fail, and returns its error.
+func renderError(t *testing.T, values string) string {
+	t.Helper()
+	out, stderr, err := helm(t, "template", release, chartDir, "--namespace", namespace, "--values", valuesFile(t, values))
+	if err == nil {
+		t.Fatalf("helm template accepted %q:\n%s", values, out)
+	}
+	return stderr
+}
+
+type object struct {
+	kind, name, namespace string
+	raw                   []byte
+	obj                   any // a client-go type, a CRD, *serviceMonitor or *prometheusRule
+}
+
+type objects []object
+
+func (objs objects) find(kind, name, namespace string) (object, bool) {
+	for _, o := range objs {
+		if o.kind == kind && o.name == name && (namespace == "" || o.namespace == namespace) {
+			return o, true
+		}
+	}
+	return object{}, false
+}
+
+func (objs objects) get(t *testing.T, kind, name string) object {
+	t.Helper()
+	o, ok := objs.find(kind, name, "")
+	if !ok {
+		t.Fatalf("no %s %q among %v", kind, name, objs.names())
+	}
+	return o
+}
+
+func (objs objects) names() []string {
+	var out []string
+	for _, o := range objs {
+		out = append(out, o.kind+"/"+o.name)
+	}
+	return out
+}
+
+// decode reads helm's output, decoding every document strictly: into its
+// client-go type, a CRD, or the Prometheus operator structs above. Any other
+// kind fails the test.
+func decode(t *testing.T, out string) objects {
+	t.Helper()
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
+	var objs objects
+	for {
+		doc, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("read helm output: %v", err)
+		}
+		var meta metav1.PartialObjectMetadata
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatalf("decode %s: %v", doc, err)
+		}
+		if meta.Kind == "" && meta.Name == "" {
+			continue // a comment-only document
+		}
+		if meta.Kind == "" || meta.APIVersion == "" || meta.Name == "" {
+			t.Fatalf("document without apiVersion, kind or name:\n%s", doc)
+		}
+		o := object{kind: meta.Kind, name: meta.Name, namespace: meta.Namespace, raw: doc}
+		switch meta.Kind {
+		case "ServiceMonitor":
+			var m serviceMonitor
+			decodeStrict(t, o, &m)
+			o.obj = &m
+		case "PrometheusRule":
+			var r prometheusRule
+			decodeStrict(t, o, &r)
+			o.obj = &r
+		default:
+			obj, _, err := codecs.UniversalDeserializer().Decode(doc, nil, nil)
+			if err != nil {
+				t.Fatalf("%s %s does not decode strictly: %v\n%s", meta.Kind, meta.Name, err, doc)
+			}
+			o.obj = obj
+		}
+		if (meta.Kind == "ServiceMonitor" || meta.Kind == "PrometheusRule") && meta.APIVersion != "monitoring.coreos.com/v1" {
+			t.Errorf("%s %s is %s, want monitoring.coreos.com/v1", meta.Kind, meta.Name, meta.APIVersion)
+		}
+		objs = append(objs, o)
+	}
+	if len(objs) == 0 {
+		t.Fatalf("helm rendered no objects:\n%s", out)
+	}
+	return objs
+}
+
+func decodeStrict(t *testing.T, o object, into any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict(o.raw, into); err != nil {
+		t.Fatalf("%s %s: %v", o.kind, o.name, err)
+	}
+}
+
+// typed returns an object's decoded type, failing if it is not T.
+func typed[T any](t *testing.T, o object) T {
+	t.Helper()
+	v, ok := o.obj.(T)
+	if !ok {
+		t.Fatalf("%s %s decoded as %T", o.kind, o.name, o.obj)
+	}
+	return v
+}
+
+func namespaced(kind string) bool {
+	switch kind {
+	case "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding":
+		return false
+	}
+	return true
+}
+
+// chartMeta is the part of Chart.yaml the tests compare with.
+func chartMeta(t *testing.T) (version, appVersion string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(chartDir, "Chart.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Version    string `json:"version"`
+		AppVersion string `json:"appVersion"`
+	}
+	if err := yaml.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.Version == "" || c.AppVersion == "" {
+		t.Fatalf("Chart.yaml has version %q appVersion %q", c.Version, c.AppVersion)
+	}
+	return c.Version, c.AppVersion
+}
+
+func chartVersion(t *testing.T) string { v, _ := chartMeta(t); return v }
+func appVersion(t *testing.T) string   { _, a := chartMeta(t); return a }
