@@ -146,6 +146,8 @@ bench: test-deps build ## Run the benchmarks behind docs/benchmarks.md (dispatch
 	$(GO) test -run='^$$' -bench=RoundTrip/c -benchtime=200000x ./bindings/
 	@echo "Worker runtime on PostgreSQL (end-to-end steps/s vs pgbench, NOTIFY latency, RSS; docs/benchmarks.md):"
 	bash hack/bench-worker.sh 200000 5000 3
+	@echo "Operator: one status pass over 500 pods (ScrapeAll vs plain GETs, interleaved; docs/benchmarks.md):"
+	$(GO) test -run='^$$' -bench=ScrapePass500 -benchtime=20x -count=3 ./controllers/
 
 ##@ Deployment
 
