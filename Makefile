@@ -125,7 +125,7 @@ test: export TASKER_WORKER_BIN := $(BIN)/tasker-worker
 test: export TASKERWORKER_LIB := $(BIN)/libtaskerworker.so
 
 .PHONY: test
-test: test-deps verify-generated build envtest ## Run the whole test suite with -race, then fuzz the config parser and the FFI result decoder briefly
+test: test-deps verify-generated verify-chart build envtest ## Run the whole test suite with -race, then fuzz the config parser and the FFI result decoder briefly
 	KUBEBUILDER_ASSETS="$$(bash hack/build-envtest.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/config/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeResult -fuzztime=10s ./internal/ffi/
@@ -193,6 +193,35 @@ deploy: manifests kustomize ## Deploy the operator (image IMG) with its CRD and 
 .PHONY: undeploy
 undeploy: kustomize ## Remove the operator, its RBAC and the CRD (and with it every WorkerPool) from the cluster
 	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f -
+
+##@ Cluster
+
+# A real single-node Kubernetes cluster on this machine, without Docker
+# (hack/cluster, docs/local-cluster.md). Needs root.
+IMAGES_DIR ?= $(BIN)/images
+CLUSTER_KUBECONFIG ?= $(HOME)/.cache/workerpool-operator/cluster/kubeconfig
+
+.PHONY: images
+images: ## Build the operator, tasker-worker and pause images without Docker into BIN/images (tagged VERSION and dev)
+	VERSION=$(VERSION) IMAGES_DIR=$(IMAGES_DIR) GO=$(GO) bash hack/cluster/images.sh
+
+.PHONY: cluster-build
+cluster-build: ## Build (or reuse) the cluster's Kubernetes binaries and etcd from Go modules, cached in ~/.cache/workerpool-operator/cluster
+	@GO=$(GO) bash hack/cluster/build.sh >/dev/null
+
+.PHONY: cluster-up
+cluster-up: images cluster-build ## Start (or reuse) the local single-node cluster, import BIN/images into it and print the KUBECONFIG line
+	@CLUSTER_KUBECONFIG=$(CLUSTER_KUBECONFIG) GO=$(GO) bash hack/cluster/up.sh >/dev/null
+	@bash hack/cluster/import.sh $(IMAGES_DIR)/*.tar
+	@echo "export KUBECONFIG=$(CLUSTER_KUBECONFIG)"
+
+.PHONY: cluster-status
+cluster-status: ## Show the local cluster's daemons with their memory, and its node
+	@CLUSTER_KUBECONFIG=$(CLUSTER_KUBECONFIG) bash hack/cluster/status.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and put the machine back as it was (bridges, iptables, mounts, sysctls, state)
+	@CLUSTER_KUBECONFIG=$(CLUSTER_KUBECONFIG) bash hack/cluster/down.sh
 
 ##@ Cleanup
 

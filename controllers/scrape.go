@@ -62,10 +62,16 @@ func NewScraper(timeout time.Duration, concurrency int) *Scraper {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil // pod IPs are never reached through a proxy
-	tr.MaxIdleConns = 4 * concurrency
-	tr.MaxIdleConnsPerHost = 2
+	// No total cap on idle connections: passes visit pods in the same order,
+	// so any cap below the pod count would evict every connection before its
+	// next use and each pass would dial every pod again. One idle connection
+	// per pod is kept.
+	tr.MaxIdleConns = 0
+	tr.MaxIdleConnsPerHost = 1
 	tr.IdleConnTimeout = 2 * time.Minute
-	tr.DisableCompression = false
+	// Pod pages are small and local: compressing them costs each pod more
+	// CPU than the bytes are worth.
+	tr.DisableCompression = true
 	return &Scraper{Client: &http.Client{Transport: tr}, Timeout: timeout, Concurrency: concurrency}
 }
 
@@ -98,11 +104,18 @@ func (s *Scraper) ScrapeAll(ctx context.Context, targets []scrapeTarget) ([]*pod
 	samples, errs := make([]*podSample, len(targets)), make([]error, len(targets))
 	var wg sync.WaitGroup
 	for i, t := range targets {
+		if ctx.Err() != nil { // select below picks at random when both are ready
+			for j := i; j < len(targets); j++ {
+				errs[j] = fmt.Errorf("scrape %s: %w", targets[j].URL, context.Cause(ctx))
+			}
+			wg.Wait()
+			return samples, errs
+		}
 		select {
 		case s.sem <- struct{}{}:
 		case <-ctx.Done():
 			for j := i; j < len(targets); j++ {
-				errs[j] = ctx.Err()
+				errs[j] = fmt.Errorf("scrape %s: %w", targets[j].URL, context.Cause(ctx))
 			}
 			wg.Wait()
 			return samples, errs
@@ -116,8 +129,8 @@ func (s *Scraper) ScrapeAll(ctx context.Context, targets []scrapeTarget) ([]*pod
 	return samples, errs
 }
 
-func (s *Scraper) scrape(ctx context.Context, t scrapeTarget) (*podSample, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
+func (s *Scraper) scrape(parent context.Context, t scrapeTarget) (*podSample, error) {
+	ctx, cancel := context.WithTimeout(parent, s.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.URL, nil)
 	if err != nil {
@@ -126,6 +139,9 @@ func (s *Scraper) scrape(ctx context.Context, t scrapeTarget) (*podSample, error
 	req.Header.Set("Accept", acceptHeader)
 	resp, err := s.Client.Do(req)
 	if err != nil {
+		if parent.Err() != nil {
+			return nil, fmt.Errorf("scrape %s: %w", t.URL, context.Cause(parent))
+		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("scrape %s: no answer within %s", t.URL, s.Timeout)
 		}
@@ -136,7 +152,11 @@ func (s *Scraper) scrape(ctx context.Context, t scrapeTarget) (*podSample, error
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil, fmt.Errorf("scrape %s: HTTP %d", t.URL, resp.StatusCode)
 	}
-	sample, err := parseSample(io.LimitReader(resp.Body, maxMetricsBody), expfmt.ResponseFormat(resp.Header))
+	body := &limitedReader{r: resp.Body, left: maxMetricsBody}
+	sample, err := parseSample(body, expfmt.ResponseFormat(resp.Header))
+	if body.over {
+		return nil, fmt.Errorf("scrape %s: metrics page larger than %d bytes", t.URL, maxMetricsBody)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("scrape %s: %w", t.URL, err)
 	}
@@ -223,4 +243,29 @@ func value(m *dto.Metric) float64 {
 		return 0
 	}
 	return v
+}
+
+// limitedReader stops at a byte limit and remembers that the page went past
+// it: a page cut at a line boundary would otherwise parse, silently
+// missing whatever came after the cut.
+type limitedReader struct {
+	r    io.Reader
+	left int64
+	over bool
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		var one [1]byte
+		if n, _ := l.r.Read(one[:]); n > 0 {
+			l.over = true
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
 }

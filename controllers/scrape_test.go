@@ -824,3 +824,39 @@ func TestTargetForIPv6IsScrapable(t *testing.T) {
 		t.Fatalf("scrape %s: sample %+v, error %v", tgt.URL, samples[0], errs[0])
 	}
 }
+
+// A page past the size limit is refused, even when the cut falls on a line
+// boundary and what was read would parse.
+func TestScrapeRefusesAnOversizedPage(t *testing.T) {
+	line := "# padding comment line that a worker would never send\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_, _ = io.WriteString(w, "tasker_dispatch_capacity 10\n")
+		for written := 0; written <= maxMetricsBody; written += len(line) {
+			_, _ = io.WriteString(w, line)
+		}
+	}))
+	defer srv.Close()
+	s := NewScraper(5*time.Second, 1)
+	_, errs := s.ScrapeAll(context.Background(), []scrapeTarget{{Pod: "big", URL: srv.URL + "/metrics"}})
+	if errs[0] == nil || !strings.Contains(errs[0].Error(), "metrics page larger than 4194304 bytes") {
+		t.Fatalf("oversized page: %v", errs[0])
+	}
+}
+
+// A pass cancelled by its caller reports the cancellation, not a timeout.
+func TestScrapeCancelledPassSaysSo(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s := NewScraper(5*time.Second, 1)
+	targets := make([]scrapeTarget, 20)
+	for i := range targets {
+		targets[i] = scrapeTarget{Pod: fmt.Sprint(i), URL: "http://127.0.0.1:1/metrics"}
+	}
+	_, errs := s.ScrapeAll(ctx, targets)
+	for i, err := range errs {
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("target %d: %v, want context.Canceled", i, err)
+		}
+	}
+}

@@ -7,8 +7,12 @@
 #   hack/local-postgres.sh start   # init if needed, start; prints the URL
 #   hack/local-postgres.sh url     # print DATABASE_URL
 #   hack/local-postgres.sh stop
+#   hack/local-postgres.sh destroy # stop and remove its data
 #
-# PG_PORT (default 54329) and PG_LISTEN (default 127.0.0.1) change where it listens.
+# PG_PORT (default 54329) and PG_LISTEN (default 127.0.0.1) change where it listens;
+# PG_ALLOW (space-separated CIDRs, e.g. the local cluster's pod network) lets
+# those clients in without a password (the server listens only on addresses
+# private to this machine). PG_DIR moves its data (e.g. one for the e2e suite).
 set -euo pipefail
 if [ "$(id -u)" = 0 ]; then pgdir=${PG_DIR:-/var/tmp/workerpool-operator-postgres}; else pgdir=${PG_DIR:-$HOME/.cache/workerpool-operator/postgres}; fi
 data=$pgdir/data
@@ -29,6 +33,10 @@ start)
   if [ ! -s "$data/PG_VERSION" ]; then
     as_pg "$bindir/initdb" -D "$data" -A trust -E UTF8 --locale=C -U postgres >/dev/null
   fi
+  for cidr in ${PG_ALLOW:-}; do
+    grep -q "^host all all $cidr trust" "$data/pg_hba.conf" ||
+      echo "host all all $cidr trust" | as_pg tee -a "$data/pg_hba.conf" >/dev/null
+  done
   if ! as_pg "$bindir/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     as_pg "$bindir/pg_ctl" -D "$data" -l "$pgdir/server.log" -w -t 60 \
       -o "-c listen_addresses=$listen -c port=$port -c unix_socket_directories=$sock -c max_connections=200" start >/dev/null
@@ -41,5 +49,9 @@ url) url ;;
 stop)
   if [ -s "$data/PG_VERSION" ]; then as_pg "$bindir/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true; fi
   ;;
-*) echo "usage: $0 start|url|stop" >&2; exit 2 ;;
+destroy)
+  "$0" stop
+  rm -rf "$pgdir"
+  ;;
+*) echo "usage: $0 start|url|stop|destroy" >&2; exit 2 ;;
 esac
