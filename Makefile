@@ -135,7 +135,7 @@ bench: export TASKER_WORKER_BIN := $(BIN)/tasker-worker
 bench: export TASKERWORKER_LIB := $(BIN)/libtaskerworker.so
 
 .PHONY: bench
-bench: test-deps build ## Run the benchmarks behind docs/benchmarks.md (dispatch ratio, queue, FFI round trip, worker runtime)
+bench: test-deps build envtest ## Run the benchmarks behind docs/benchmarks.md (dispatch ratio, queue, FFI round trip, worker runtime)
 	bash hack/bench-ratio.sh ./internal/dispatch Dispatch BarePipeline 10 300000x
 	$(GO) test -run='^$$' -bench=. -benchmem ./internal/queue/
 	$(GO) test -run='^$$' -bench='^BenchmarkDispatch$$' -benchtime=300000x -count=3 ./internal/dispatch/
@@ -148,6 +148,8 @@ bench: test-deps build ## Run the benchmarks behind docs/benchmarks.md (dispatch
 	bash hack/bench-worker.sh 200000 5000 3
 	@echo "Operator: one status pass over 500 pods (ScrapeAll vs plain GETs, interleaved; docs/benchmarks.md):"
 	$(GO) test -run='^$$' -bench=ScrapePass500 -benchtime=20x -count=3 ./controllers/
+	@echo "Operator: 1000 WorkerPools to steady state on envtest (operator binary vs bare API writes, RSS; docs/benchmarks.md):"
+	KUBEBUILDER_ASSETS="$$(bash hack/build-envtest.sh)" MANAGER_BIN=$(BIN)/manager $(GO) test -run='^$$' -bench=Reconcile1000Pools -benchtime=1x -timeout 30m ./test/envtest/
 
 ##@ Deployment
 
