@@ -221,6 +221,10 @@ cluster-up: images cluster-build ## Start (or reuse) the local single-node clust
 cluster-status: ## Show the local cluster's daemons with their memory, and its node
 	@CLUSTER_KUBECONFIG=$(CLUSTER_KUBECONFIG) bash hack/cluster/status.sh
 
+.PHONY: cluster-smoke
+cluster-smoke: ## Check the running local cluster with the project's images: a tasker-worker pod, the operator as a Deployment, its /healthz
+	@CLUSTER_KUBECONFIG=$(CLUSTER_KUBECONFIG) bash hack/cluster/smoke.sh
+
 .PHONY: cluster-down
 cluster-down: ## Stop the local cluster and put the machine back as it was (bridges, iptables, mounts, sysctls, state)
 	@CLUSTER_KUBECONFIG=$(CLUSTER_KUBECONFIG) bash hack/cluster/down.sh

@@ -64,7 +64,7 @@ if [ -d "$RUN_DIR" ] || [ -d "$STATE" ]; then
   # 4. containerd, and any shim of ours still running.
   stop containerd
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "^/usr/bin/containerd-shim.* -address $CONTAINERD_SOCK"; then
+    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q "^/usr/bin/containerd-shim.* -address $CONTAINERD_SOCK"; then
       log "killing leftover shim ${p#/proc/}"
       kill -KILL "${p#/proc/}" 2>/dev/null
     fi

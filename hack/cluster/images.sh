@@ -72,12 +72,13 @@ image() {
   # directory belongs to nonroot.
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$tmp/$bin-layer.tar" .
   tar --sort=name --mtime=@0 --owner=65532 --group=65532 --numeric-owner -C "$tmp/$bin-home" -rf "$tmp/$bin-layer.tar" home/nonroot
-  crane append --oci-empty-base -f "$tmp/$bin-layer.tar" -t "$reg/$bin:base" >/dev/null
+  crane append --oci-empty-base -f "$tmp/$bin-layer.tar" -t "$reg/$bin:base" >/dev/null 2>"$tmp/crane.log" ||
+    { cat "$tmp/crane.log" >&2; exit 1; }
   local ref=$name:$tag
   crane mutate "$reg/$bin:base" --set-platform linux/amd64 --user 65532:65532 --workdir / \
     -l org.opencontainers.image.version="$VERSION" \
     -l org.opencontainers.image.source=https://github.com/seed-a17b38e7/workerpool-operator \
-    "$@" -t "$ref" -o "$tmp/$bin.tar" >/dev/null
+    "$@" -t "$ref" -o "$tmp/$bin.tar" >/dev/null 2>"$tmp/crane.log" || { cat "$tmp/crane.log" >&2; exit 1; }
   # crane writes one tag; add :dev beside $VERSION in the archive's manifest.
   if [ "$tag" != dev ]; then
     mkdir "$tmp/$bin-archive"
