@@ -25,10 +25,10 @@ stop() {
   log "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null
   for ((i = 0; i < grace * 10; i++)); do
-    [ -d "/proc/$pid" ] || break
+    alive "$pid" || break
     sleep 0.1
   done
-  if [ -d "/proc/$pid" ]; then
+  if alive "$pid"; then
     log "$name did not stop in ${grace}s: killing it"
     kill -KILL "$pid" 2>/dev/null
     sleep 0.2
@@ -64,7 +64,7 @@ if [ -d "$RUN_DIR" ] || [ -d "$STATE" ]; then
   # 4. containerd, and any shim of ours still running.
   stop containerd
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q "^/usr/bin/containerd-shim.* -address $CONTAINERD_SOCK"; then
+    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | has "^/usr/bin/containerd-shim.* -address $CONTAINERD_SOCK"; then
       log "killing leftover shim ${p#/proc/}"
       kill -KILL "${p#/proc/}" 2>/dev/null
     fi
@@ -94,7 +94,7 @@ done
 
 # 7. iptables: kube-proxy's own cleanup, then every KUBE-*, CNI-* and guard
 # chain left in any table (IPv4 and IPv6), with the rules that jump to them.
-if [ -x "$BIN_DIR/kube-proxy" ] && { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | grep -q '^:KUBE-'; then
+if [ -x "$BIN_DIR/kube-proxy" ] && { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | has '^:KUBE-'; then
   "$BIN_DIR/kube-proxy" --cleanup --v=0 >/dev/null 2>&1 || true
 fi
 sweep() { # iptables-binary
@@ -116,12 +116,12 @@ if command -v iptables-save >/dev/null; then
   sweep ip6tables
   # With the nf_tables backend, a table that did not exist before and is now
   # empty is deleted too (iptables itself cannot delete a table).
-  if [ -f "$STATE/iptables-tables" ] && command -v nft >/dev/null && iptables -V 2>/dev/null | grep -q nf_tables; then
+  if [ -f "$STATE/iptables-tables" ] && command -v nft >/dev/null && iptables -V 2>/dev/null | has nf_tables; then
     for fam in ip ip6; do
       [ "$fam" = ip ] && ipt=iptables || ipt=ip6tables
       for table in $("$ipt-save" 2>/dev/null | sed -n 's/^\*//p'); do
         grep -qx "$fam $table" "$STATE/iptables-tables" && continue
-        "$ipt-save" -t "$table" 2>/dev/null | grep -qE '^(-A |:[^ ]+ (-|DROP) )' && continue
+        "$ipt-save" -t "$table" 2>/dev/null | has -E '^(-A |:[^ ]+ (-|DROP) )' && continue
         nft delete table "$fam" "$table" 2>/dev/null
       done
     done

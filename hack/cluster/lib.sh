@@ -46,6 +46,9 @@ SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory vm.panic_on_oom kernel.panic k
 OUTSIDE_PATHS=(/var/lib/kubelet /var/lib/cni /var/log/pods /var/log/containers /var/run/netns /run/containerd /var/lib/containerd /etc/cni /opt/cni)
 
 log() { echo "cluster: $*" >&2; }
+# `... | has PATTERN`: like grep -q, but reads all its input, so that the
+# writer never dies of SIGPIPE (which pipefail would report as a failure).
+has() { grep "$@" >/dev/null; }
 die() {
   log "ERROR: $*"
   exit 1
@@ -53,11 +56,18 @@ die() {
 
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (the cluster creates bridges, iptables rules and mounts)"; }
 
+# alive PID: the process exists and is not a zombie waiting for init to reap it.
+alive() {
+  local st
+  st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+
 pid_of() { # daemon -> pid if running (and really that daemon), else nothing
   local f=$PIDS/$1.pid pid exe
   [ -s "$f" ] || return 1
   pid=$(cat "$f")
-  [ -d "/proc/$pid" ] || return 1
+  alive "$pid" || return 1
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
   [ "$(basename "${exe% (deleted)}")" = "$1" ] || return 1
   echo "$pid"
@@ -77,6 +87,15 @@ crictl_bin() {
 }
 crictl() { "$(crictl_bin)" --runtime-endpoint "unix://$CONTAINERD_SOCK" --image-endpoint "unix://$CONTAINERD_SOCK" --timeout 10s "$@"; }
 ctr() { command ctr --address "$CONTAINERD_SOCK" "$@"; }
+
+# write_file PATH [MODE] < content: replaces PATH only when the content
+# differs (kube-proxy exits when its config file is written, even unchanged).
+write_file() {
+  local tmp=$1.tmp.$$
+  cat >"$tmp"
+  [ -z "${2:-}" ] || chmod "$2" "$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
 
 # The last lines of a daemon's log, for a failure message.
 log_tail() {

@@ -36,7 +36,7 @@ fail() {
   exit 1
 }
 
-k get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True ||
+k get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | has -x True ||
   fail "node $NODE_NAME is not Ready"
 log "node $NODE_NAME Ready ($(k get node "$NODE_NAME" -o jsonpath='{.status.nodeInfo.kubeletVersion}'))"
 
@@ -99,10 +99,10 @@ t=$SECONDS
 k -n "$ns" rollout status deploy/operator --timeout=90s >/dev/null || fail "the operator did not become Ready"
 log "operator Deployment available after $((SECONDS - t))s"
 for _ in $(seq 20); do
-  k -n "$ns" logs deploy/operator 2>/dev/null | grep -q '"Starting workers"' && break
+  k -n "$ns" logs deploy/operator 2>/dev/null | has '"Starting workers"' && break
   sleep 0.5
 done
-k -n "$ns" logs deploy/operator | grep -q '"Starting workers"' || fail "the operator's caches did not sync"
+k -n "$ns" logs deploy/operator | has '"Starting workers"' || fail "the operator's caches did not sync"
 log "operator started and synced its caches (through the kubernetes Service, $KUBERNETES_SVC_IP)"
 
 pod_ip=$(k -n "$ns" get pod -l app=operator -o jsonpath='{.items[0].status.podIP}')

@@ -22,7 +22,7 @@ for d in "${DAEMONS[@]}"; do
 done
 shims=0 shim_rss=0
 for p in /proc/[0-9]*; do
-  if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q "^/usr/bin/containerd-shim.* -address $CONTAINERD_SOCK"; then
+  if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | has "^/usr/bin/containerd-shim.* -address $CONTAINERD_SOCK"; then
     shims=$((shims + 1))
     shim_rss=$((shim_rss + $(rss_kib "${p#/proc/}")))
   fi

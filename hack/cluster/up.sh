@@ -21,7 +21,7 @@ t0=$SECONDS
 pkgs=(containerd runc containernetworking-plugins iptables nftables conntrack socat ethtool iproute2 kmod openssl)
 missing=()
 for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | has "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
@@ -98,7 +98,7 @@ cert kubelet-server "$NODE_NAME" "" serverAuth "IP:$NODE_IP,DNS:$NODE_NAME"
 
 # kubeconfig NAME CERT
 kubeconfig() {
-  cat >"$STATE/kubeconfig/$1.kubeconfig" <<EOF
+  write_file "$STATE/kubeconfig/$1.kubeconfig" 600 <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -116,7 +116,6 @@ contexts:
   context: {cluster: workerpool-local, user: $2}
 current-context: workerpool-local
 EOF
-  chmod 600 "$STATE/kubeconfig/$1.kubeconfig"
 }
 for k in admin controller-manager scheduler kube-proxy kubelet; do kubeconfig "$k" "$k"; done
 
@@ -127,7 +126,7 @@ if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
   log "creating bridge $NODE_BRIDGE ($NODE_IP/24)"
   ip link add "$NODE_BRIDGE" type bridge
 fi
-ip addr show dev "$NODE_BRIDGE" | grep -q "inet $NODE_IP/" || ip addr add "$NODE_IP/24" dev "$NODE_BRIDGE"
+ip addr show dev "$NODE_BRIDGE" | has "inet $NODE_IP/" || ip addr add "$NODE_IP/24" dev "$NODE_BRIDGE"
 ip link set "$NODE_BRIDGE" up
 # br_netfilter is built into this kernel; load it where it is a module.
 [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter 2>/dev/null || true
@@ -158,7 +157,7 @@ done
 ipt -C FORWARD -j "$GUARD_CHAIN" 2>/dev/null || ipt -I FORWARD 1 -j "$GUARD_CHAIN"
 
 mkdir -p "$STATE/cni/net.d" "$STATE/cni/networks"
-cat >"$STATE/cni/net.d/10-workerpool.conflist" <<EOF
+write_file "$STATE/cni/net.d/10-workerpool.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "workerpool-local",
@@ -182,17 +181,17 @@ cat >"$STATE/cni/net.d/10-workerpool.conflist" <<EOF
 EOF
 # Pods resolve nothing (there is no cluster DNS): they use service IPs or the
 # injected KUBERNETES_SERVICE_HOST-style variables.
-echo "nameserver 127.0.0.1" >"$STATE/config/resolv.conf"
+echo "nameserver 127.0.0.1" | write_file "$STATE/config/resolv.conf"
 
 # --- containerd -------------------------------------------------------------------
 # Nothing can be pulled: every registry a pod might name answers at once from a
 # closed local port, so a missing image fails fast instead of hanging.
 for host in _default docker.io registry.k8s.io quay.io ghcr.io gcr.io; do
   mkdir -p "$STATE/containerd/certs.d/$host"
-  printf 'server = "http://127.0.0.1:9"\n\n[host."http://127.0.0.1:9"]\n  capabilities = ["pull", "resolve"]\n' \
-    >"$STATE/containerd/certs.d/$host/hosts.toml"
+  printf 'server = "http://127.0.0.1:9"\n\n[host."http://127.0.0.1:9"]\n  capabilities = ["pull", "resolve"]\n' |
+    write_file "$STATE/containerd/certs.d/$host/hosts.toml"
 done
-cat >"$STATE/config/containerd.toml" <<EOF
+write_file "$STATE/config/containerd.toml" <<EOF
 version = 2
 root = "$STATE/containerd/root"
 state = "$RUN_DIR/containerd/state"
@@ -242,7 +241,7 @@ start containerd /usr/bin/containerd --config "$STATE/config/containerd.toml"
 wait_for "containerd" 30 containerd ctr version
 
 # containerd's sandbox image: a locally built static pause program.
-if ! ctr -n k8s.io images ls -q 2>/dev/null | grep -qx "$PAUSE_IMAGE"; then
+if ! ctr -n k8s.io images ls -q 2>/dev/null | has -x "$PAUSE_IMAGE"; then
   [ -s "$ROOT/bin/images/pause.tar" ] || VERSION=${VERSION:-dev} bash "$ROOT/hack/cluster/images.sh" pause >&2
   bash "$ROOT/hack/cluster/import.sh" "$ROOT/bin/images/pause.tar" >&2
 fi
@@ -280,7 +279,7 @@ start kube-scheduler "$BIN_DIR/kube-scheduler" \
   --authorization-kubeconfig="$STATE/kubeconfig/scheduler.kubeconfig" \
   --bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1
 
-cat >"$STATE/config/kubelet.yaml" <<EOF
+write_file "$STATE/config/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -314,7 +313,7 @@ start kubelet "$BIN_DIR/kubelet" --config="$STATE/config/kubelet.yaml" \
   --kubeconfig="$STATE/kubeconfig/kubelet.kubeconfig" --root-dir="$STATE/kubelet" \
   --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
 
-cat >"$STATE/config/kube-proxy.yaml" <<EOF
+write_file "$STATE/config/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $STATE/kubeconfig/kube-proxy.kubeconfig}
