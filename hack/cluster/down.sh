@@ -12,6 +12,7 @@
 #
 # Safe to run at any time, and again.
 set -uo pipefail
+# shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root

@@ -21,7 +21,6 @@ VERSION=${VERSION:-dev}
 tag=$(printf '%s' "$VERSION" | tr -c 'A-Za-z0-9_.-' '-' | cut -c1-128)
 out=${IMAGES_DIR:-$root/bin/images}
 GO=${GO:-go}
-crane() { $GO tool -modfile="$root/hack/cluster/tools/go.mod" crane "$@"; }
 log() { echo "images: $*" >&2; }
 module=github.com/seed-a17b38e7/workerpool-operator
 ldflags="-s -w -X $module/pkg/taskerworker.Version=$VERSION"
@@ -37,7 +36,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Build crane first, so the registry starts at once.
+# crane from hack/cluster/tools, built once here so the registry starts at once.
 $GO build -modfile="$root/hack/cluster/tools/go.mod" -o "$tmp/crane" github.com/google/go-containerregistry/cmd/crane
 crane() { "$tmp/crane" "$@"; }
 "$tmp/crane" registry serve --address 127.0.0.1:0 2>"$tmp/registry.log" &
@@ -85,7 +84,7 @@ image() {
     tar -C "$tmp/$bin-archive" -xf "$tmp/$bin.tar"
     sed -i "s#\"RepoTags\":\[\"$ref\"\]#\"RepoTags\":[\"$ref\",\"$name:dev\"]#" "$tmp/$bin-archive/manifest.json"
     grep -q "\"$name:dev\"" "$tmp/$bin-archive/manifest.json" || { log "could not add $name:dev to $bin.tar"; exit 1; }
-    (cd "$tmp/$bin-archive" && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$tmp/$bin.tar" manifest.json $(ls | grep -v '^manifest.json$'))
+    (cd "$tmp/$bin-archive" && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$tmp/$bin.tar" -- *)
   fi
   mv "$tmp/$bin.tar" "$out/$(basename "$name").tar"
   echo "$ref ($name:dev) -> ${out#"$root"/}/$(basename "$name").tar"

@@ -6,6 +6,7 @@
 #
 #   hack/cluster/import.sh bin/images/*.tar
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root

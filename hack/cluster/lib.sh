@@ -2,7 +2,7 @@
 # Sourced, not run. Everything the cluster writes at run time lives in
 # $STATE and $RUN_DIR (outside the repository); the binaries and the admin
 # kubeconfig live in $CACHE.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the scripts that source this use its settings
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 K8S_VERSION=${K8S_VERSION:-1.37.2}

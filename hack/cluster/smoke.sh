@@ -13,6 +13,7 @@
 #
 #   hack/cluster/smoke.sh
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 export KUBECONFIG=$KUBECONFIG_OUT

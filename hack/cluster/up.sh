@@ -12,6 +12,7 @@
 # reboot it restarts what is missing with the state it finds. hack/cluster/down.sh
 # stops everything and puts the machine back as it was.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
