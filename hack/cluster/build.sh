@@ -11,7 +11,8 @@
 # published v0.x release; one tiny main per component. The version is stamped
 # at link time, or kubectl cannot parse it. The same build flags as envtest's
 # build, so a warm Go build cache (for example after `make envtest`) is reused.
-# Cold: about 7 minutes on 2 cores; an existing result is reused at once.
+# Cold: 7 to 12 minutes on 2 cores (kube-controller-manager and kube-apiserver
+# take most of it); an existing result is reused at once.
 set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-1.37.2}
 staging=v0.${K8S_VERSION#1.}
