@@ -113,6 +113,7 @@ sweep() { # iptables-binary
   done
 }
 if command -v iptables-save >/dev/null; then
+  before=$({ iptables-save; ip6tables-save; } 2>/dev/null | grep -cE "^:(KUBE-|CNI-|$GUARD_CHAIN)")
   sweep iptables
   sweep ip6tables
   # With the nf_tables backend, a table that did not exist before and is now
@@ -128,7 +129,7 @@ if command -v iptables-save >/dev/null; then
     done
   fi
   left=$({ iptables-save; ip6tables-save; } 2>/dev/null | grep -cE "^:(KUBE-|CNI-|$GUARD_CHAIN)")
-  if [ "$left" -gt 0 ]; then log "could not remove $left iptables chain(s)"; else log "iptables chains removed"; fi
+  if [ "$left" -gt 0 ]; then log "could not remove $left iptables chain(s)"; elif [ "$before" -gt 0 ]; then log "removed $before iptables chain(s)"; fi
 fi
 
 # 8. Sysctls back to their values before the first start.
