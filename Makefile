@@ -229,6 +229,12 @@ cluster-smoke: ## Check the running local cluster with the project's images: a t
 cluster-down: ## Stop the local cluster and put the machine back as it was (bridges, iptables, mounts, sysctls, state)
 	@CLUSTER_KUBECONFIG=$(CLUSTER_KUBECONFIG) bash hack/cluster/down.sh
 
+##@ End to end
+
+.PHONY: e2e
+e2e: ## Run the end-to-end suite on the local cluster (brought up, and afterwards down again, if it was not running)
+	GO=$(GO) MAKE="$(MAKE)" bash hack/e2e.sh
+
 ##@ Cleanup
 
 .PHONY: clean

@@ -1,0 +1,384 @@
+//go:build e2e
+
+// Package e2e runs the product as users meet it, on a real single-node
+// cluster (hack/cluster): helm install, kubectl apply, kubectl describe,
+// kubectl scale, pods deleted mid-run, helm upgrade and uninstall. Run it
+// with `make e2e`, which brings the cluster up and sets the environment.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
+)
+
+const (
+	operatorNS = "workerpool-system"
+	release    = "wpo"
+	chartDir   = "../../charts/workerpool-operator"
+)
+
+var e *env
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	var err error
+	e, err = newEnv(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	e.db.Close()
+	os.Exit(code)
+}
+
+// TestOperator is one ordered story: each step needs the ones before it.
+func TestOperator(t *testing.T) {
+	ns := "e2e-" + rand.String(5)
+	t.Cleanup(func() {
+		if t.Failed() {
+			dump(t, ns)
+		}
+		_, _ = run(t, "kubectl", "delete", "namespace", ns, "--wait=false")
+	})
+	kubectl(t, "create", "namespace", ns)
+	if err := e.k8s.Create(context.Background(), dbSecret(ns, e.databaseURL)); err != nil {
+		t.Fatal(err)
+	}
+
+	steps := []struct {
+		name string
+		fn   func(*testing.T, string)
+	}{
+		{"helm install", installOperator},
+		{"samples become Ready and complete their steps", samples},
+		{"describe shows in-flight, saturation and pending age", describe},
+		{"slow FFI poller: Starving True and back", starving},
+		{"tiny completion buffer: Backpressure", backpressure},
+		{"changing a tunable rolls the pods", rollsOnChange},
+		{"kubectl scale", scale},
+		{"deleting a pod mid-run loses no step", podDeletion},
+		{"throughput: 3 replicas against 1", throughput},
+		{"helm upgrade then uninstall leaves no operator objects", upgradeAndUninstall},
+	}
+	for _, s := range steps {
+		if !t.Run(s.name, func(t *testing.T) { s.fn(t, ns) }) {
+			t.Fatalf("stopping after %q failed", s.name)
+		}
+	}
+}
+
+func splitImage(ref string) (repo, tag string) {
+	i := strings.LastIndex(ref, ":")
+	return ref[:i], ref[i+1:]
+}
+
+func installOperator(t *testing.T, _ string) {
+	repo, tag := splitImage(e.operatorImage)
+	start := time.Now()
+	e.helmCmd(t, "install", release, chartDir, "--namespace", operatorNS, "--create-namespace",
+		"--set", "image.repository="+repo, "--set", "image.tag="+tag, "--set", "image.pullPolicy=Never",
+		"--set", "manager.statusInterval=2s", "--wait", "--timeout", "3m")
+	t.Logf("helm install --wait took %s", time.Since(start).Round(100*time.Millisecond))
+	out := kubectl(t, "get", "crd", "workerpools.workers.tasker.dev", "-o", "jsonpath={.metadata.annotations.helm\\.sh/resource-policy}")
+	if out != "keep" {
+		t.Errorf("CRD resource-policy %q, want keep", out)
+	}
+}
+
+// workerPool is a pool running the stock worker image on queue q.
+func workerPool(ns, name, q string) *v1.WorkerPool {
+	repo, tag := splitImage(e.workerImage)
+	return &v1.WorkerPool{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1.WorkerPoolSpec{
+			Image: repo + ":" + tag, ImagePullPolicy: corev1.PullNever,
+			Queue: v1.QueueSpec{Namespaces: []v1.QueueName{v1.QueueName(q)},
+				DatabaseSecretRef: corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "tasker-db"}, Key: "url"}},
+		},
+	}
+}
+
+func ready(wp *v1.WorkerPool) bool {
+	return wp.Status.ObservedGeneration == wp.Generation && cond(wp, v1.ConditionReady).Status == metav1.ConditionTrue
+}
+
+// samples applies each sample of config/samples, with the image this run
+// built (the FFI sample gets the built-in Go poller instead of Python).
+func samples(t *testing.T, ns string) {
+	files, err := filepath.Glob("../../config/samples/workers_*.yaml")
+	if err != nil || len(files) < 3 {
+		t.Fatalf("samples: %v %v", files, err)
+	}
+	repo, tag := splitImage(e.workerImage)
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wp := &v1.WorkerPool{}
+		if err := yaml.UnmarshalStrict(data, wp); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		wp.Namespace = ns
+		wp.Spec.Image, wp.Spec.ImagePullPolicy = repo+":"+tag, corev1.PullNever
+		if wp.Spec.FFI.Enabled {
+			wp.Spec.Command, wp.Spec.Args = nil, []string{"run", "--ffi-pollers", "2"}
+		}
+		wp.Spec.Queue.DatabaseSecretRef.Name, wp.Spec.Queue.DatabaseSecretRef.Key = "tasker-db", "url"
+		start := time.Now()
+		kubectlApply(t, e.poolManifest(t, wp))
+		got := e.waitPool(t, ns, wp.Name, "Ready", 3*time.Minute, ready)
+		t.Logf("%s (%s) Ready in %s, capacity %d", wp.Name, filepath.Base(f), time.Since(start).Round(100*time.Millisecond), got.Status.Dispatch.Capacity)
+		if got.Status.Dispatch.Capacity != got.Spec.Dispatch.MaxConcurrentHandlers*got.Status.ReadyReplicas {
+			t.Errorf("%s: capacity %d, want %d × %d", wp.Name, got.Status.Dispatch.Capacity, got.Spec.Dispatch.MaxConcurrentHandlers, got.Status.ReadyReplicas)
+		}
+		q := string(wp.Spec.Queue.Namespaces[0])
+		e.enqueue(t, q, "noop", `{}`, 50)
+		e.enqueue(t, q, "sleep", `{"ms":300}`, 20)
+		e.enqueue(t, q, "fail", `{"fail_attempts":1}`, 5)
+		e.waitDrained(t, q, 75, 3*time.Minute)
+		kubectl(t, "delete", "wp", wp.Name, "-n", ns, "--wait=true", "--timeout=2m")
+	}
+}
+
+// describe: a busy pool shows its figures in kubectl describe.
+func describe(t *testing.T, ns string) {
+	wp := workerPool(ns, "busy", "busy")
+	wp.Spec.Dispatch.MaxConcurrentHandlers = 20
+	wp.Spec.FFI.Enabled = true
+	wp.Spec.Args = []string{"run", "--ffi-pollers", "2", "--ffi-poll-hold", "1s"}
+	kubectlApply(t, e.poolManifest(t, wp))
+	e.waitPool(t, ns, "busy", "Ready", 3*time.Minute, ready)
+	e.enqueue(t, "busy", "sleep", `{"ms":2000}`, 12)
+	e.waitPool(t, ns, "busy", "busy in status", time.Minute, func(w *v1.WorkerPool) bool {
+		return w.Status.FFI.PendingEvents > 0 && w.Status.FFI.OldestPendingAge != "" && w.Status.FFI.OldestPendingAge != "0s"
+	})
+	out := kubectl(t, "describe", "wp", "busy", "-n", ns)
+	for _, want := range []string{"In Flight:", "Capacity:", "Completion Saturation Percent:", "Pending Events:", "Oldest Pending Age:", "Conditions:", "Starving", "Backpressure"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl describe wp lacks %q:\n%s", want, out)
+		}
+	}
+	get := kubectl(t, "get", "wp", "busy", "-n", ns, "-o", "wide")
+	t.Logf("$ kubectl get wp -o wide\n%s", get)
+	for _, col := range []string{"READY", "REPLICAS", "PENDING", "OLDEST", "SATURATION", "INFLIGHT", "STARVING"} {
+		if !strings.Contains(get, col) {
+			t.Errorf("kubectl get wp -o wide lacks column %s", col)
+		}
+	}
+	e.waitDrained(t, "busy", 12, 3*time.Minute)
+	kubectl(t, "delete", "wp", "busy", "-n", ns, "--wait=true", "--timeout=2m")
+}
+
+// starving: a poller that holds each event 4 s, past a 2 s threshold.
+func starving(t *testing.T, ns string) {
+	wp := workerPool(ns, "slow-ffi", "slowffi")
+	wp.Spec.FFI = v1.FFISpec{Enabled: true, StarvationWarningThreshold: "2s", CompletionTimeout: "60s", CallbackTimeout: "1s"}
+	wp.Spec.Args = []string{"run", "--ffi-pollers", "2", "--ffi-poll-hold", "4s"}
+	kubectlApply(t, e.poolManifest(t, wp))
+	e.waitPool(t, ns, "slow-ffi", "Ready", 3*time.Minute, ready)
+	e.enqueue(t, "slowffi", "noop", `{}`, 10)
+	got := e.waitPool(t, ns, "slow-ffi", "Starving=True", 2*time.Minute, func(w *v1.WorkerPool) bool {
+		return cond(w, v1.ConditionStarving).Status == metav1.ConditionTrue
+	})
+	t.Logf("Starving: %s", cond(got, v1.ConditionStarving).Message)
+	e.waitDrained(t, "slowffi", 10, 3*time.Minute)
+	e.waitPool(t, ns, "slow-ffi", "Starving=False", time.Minute, func(w *v1.WorkerPool) bool {
+		return cond(w, v1.ConditionStarving).Status == metav1.ConditionFalse
+	})
+	events := kubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=slow-ffi", "-o", "jsonpath={.items[*].reason}")
+	if !strings.Contains(events, "Starving") || !strings.Contains(events, "StarvingCleared") {
+		t.Errorf("events on slow-ffi: %q", events)
+	}
+	kubectl(t, "delete", "wp", "slow-ffi", "-n", ns, "--wait=true", "--timeout=2m")
+}
+
+// backpressure: a completion buffer of 2 and a stalled database (the
+// steps table locked by this test) fill the completion channel: results
+// cannot be persisted. Releasing the lock drains it.
+func backpressure(t *testing.T, ns string) {
+	wp := workerPool(ns, "tiny-buffer", "tiny")
+	wp.Spec.Dispatch = v1.DispatchSpec{CompletionBufferSize: 2, MaxConcurrentHandlers: 8, SaturationWarningPercent: 50, SaturationCriticalPercent: 90}
+	kubectlApply(t, e.poolManifest(t, wp))
+	e.waitPool(t, ns, "tiny-buffer", "Ready", 3*time.Minute, ready)
+	e.enqueue(t, "tiny", "sleep", `{"ms":1500}`, 60)
+	e.waitPool(t, ns, "tiny-buffer", "handlers running", time.Minute, func(w *v1.WorkerPool) bool { return w.Status.Dispatch.InFlight > 0 })
+
+	tx, err := e.db.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(context.Background(), "LOCK TABLE tasker_steps IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	locked := true
+	defer func() {
+		if locked {
+			_ = tx.Rollback(context.Background())
+		}
+	}()
+	got := e.waitPool(t, ns, "tiny-buffer", "Backpressure=True", 2*time.Minute, func(w *v1.WorkerPool) bool {
+		return cond(w, v1.ConditionBackpressure).Status == metav1.ConditionTrue
+	})
+	c := cond(got, v1.ConditionBackpressure)
+	t.Logf("Backpressure %s: %s", c.Reason, c.Message)
+	if c.Reason != v1.ReasonSaturationCritical || got.Status.Dispatch.CompletionSaturationPercent != 100 {
+		t.Errorf("a full buffer of 2 should be Critical at 100%%: %s", summary(got))
+	}
+	if err := tx.Rollback(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	locked = false
+	e.waitDrained(t, "tiny", 60, 4*time.Minute)
+	e.waitPool(t, ns, "tiny-buffer", "Backpressure=False", time.Minute, func(w *v1.WorkerPool) bool {
+		return cond(w, v1.ConditionBackpressure).Status == metav1.ConditionFalse
+	})
+	kubectl(t, "delete", "wp", "tiny-buffer", "-n", ns, "--wait=true", "--timeout=2m")
+}
+
+func poolPods(t *testing.T, ns, name string) []corev1.Pod {
+	t.Helper()
+	pods := &corev1.PodList{}
+	if err := e.k8s.List(context.Background(), pods, client.InNamespace(ns), client.MatchingLabels{v1.PoolLabel: name}); err != nil {
+		t.Fatal(err)
+	}
+	return pods.Items
+}
+
+// rollsOnChange: a tunable change replaces every pod and the new capacity shows.
+func rollsOnChange(t *testing.T, ns string) {
+	wp := workerPool(ns, "tunable", "tunable")
+	wp.Spec.Replicas = ptr(int32(2))
+	wp.Spec.Dispatch.MaxConcurrentHandlers = 4
+	kubectlApply(t, e.poolManifest(t, wp))
+	e.waitPool(t, ns, "tunable", "Ready", 3*time.Minute, ready)
+	before := map[string]bool{}
+	for _, p := range poolPods(t, ns, "tunable") {
+		before[p.Name] = true
+	}
+	kubectl(t, "patch", "wp", "tunable", "-n", ns, "--type=merge", "-p", `{"spec":{"dispatch":{"maxConcurrentHandlers":6}}}`)
+	e.waitPool(t, ns, "tunable", "new capacity 2×6", 3*time.Minute, func(w *v1.WorkerPool) bool {
+		return ready(w) && w.Status.Dispatch.Capacity == 12 && w.Status.UpdatedReplicas == 2
+	})
+	eventually(t, "old pods replaced", 2*time.Minute, func() (bool, string) {
+		pods := poolPods(t, ns, "tunable")
+		names := []string{}
+		for _, p := range pods {
+			if before[p.Name] {
+				return false, fmt.Sprint("old pod still there: ", p.Name)
+			}
+			names = append(names, p.Name)
+		}
+		return len(pods) == 2, fmt.Sprint(names)
+	})
+}
+
+// scale: kubectl scale goes through /scale to the Deployment.
+func scale(t *testing.T, ns string) {
+	kubectl(t, "scale", "wp", "tunable", "-n", ns, "--replicas=3")
+	e.waitPool(t, ns, "tunable", "3 ready replicas", 3*time.Minute, func(w *v1.WorkerPool) bool {
+		return ready(w) && w.Status.ReadyReplicas == 3 && w.Status.Dispatch.Capacity == 18
+	})
+	dep := &appsv1.Deployment{}
+	if err := e.k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "tunable"}, dep); err != nil {
+		t.Fatal(err)
+	}
+	if *dep.Spec.Replicas != 3 {
+		t.Errorf("Deployment replicas %d", *dep.Spec.Replicas)
+	}
+}
+
+// podDeletion: a pod deleted while its handlers run loses nothing: it
+// drains on SIGTERM (or its claims expire) and every step completes.
+func podDeletion(t *testing.T, ns string) {
+	const n = 300
+	e.enqueue(t, "tunable", "sleep", `{"ms":400}`, n)
+	e.waitPool(t, ns, "tunable", "handlers running", time.Minute, func(w *v1.WorkerPool) bool { return w.Status.Dispatch.InFlight > 0 })
+	pods := poolPods(t, ns, "tunable")
+	victim := pods[0].Name
+	kubectl(t, "delete", "pod", victim, "-n", ns, "--wait=false")
+	t.Logf("deleted %s mid-run", victim)
+	s := e.waitDrained(t, "tunable", n, 4*time.Minute)
+	t.Logf("queue after the deletion: %+v", s)
+	e.waitPool(t, ns, "tunable", "Ready again", 3*time.Minute, func(w *v1.WorkerPool) bool { return ready(w) && w.Status.ReadyReplicas == 3 })
+}
+
+// throughput measures steps/s of noop steps through the 3-replica pool and,
+// in the same run, through 1 replica, so the figure for docs/benchmarks.md
+// comes with its own baseline (this machine's load varies).
+func throughput(t *testing.T, ns string) {
+	const n = 3000
+	rate := func(replicas int32) float64 {
+		kubectl(t, "scale", "wp", "tunable", "-n", ns, fmt.Sprintf("--replicas=%d", replicas))
+		e.waitPool(t, ns, "tunable", fmt.Sprintf("%d ready replicas", replicas), 3*time.Minute, func(w *v1.WorkerPool) bool {
+			return ready(w) && w.Status.ReadyReplicas == replicas && w.Status.Replicas == replicas
+		})
+		before := e.completed(t, "tunable")
+		start := time.Now()
+		e.enqueue(t, "tunable", "noop", `{}`, n)
+		e.waitDrained(t, "tunable", before+n, 5*time.Minute)
+		r := n / time.Since(start).Seconds()
+		t.Logf("%d replica(s): %d noop steps in %s: %.0f steps/s", replicas, n, time.Since(start).Round(10*time.Millisecond), r)
+		return r
+	}
+	three := rate(3)
+	one := rate(1)
+	t.Logf("throughput: 3 replicas %.0f steps/s, 1 replica %.0f steps/s, ratio %.2f", three, one, three/one)
+	if three <= 0 || one <= 0 {
+		t.Fatal("no throughput measured")
+	}
+}
+
+// upgradeAndUninstall: helm upgrade changes the operator's flags and keeps
+// it working; helm uninstall removes every operator object but keeps the
+// CRD (and so the pools) by design.
+func upgradeAndUninstall(t *testing.T, ns string) {
+	e.helmCmd(t, "upgrade", release, chartDir, "--namespace", operatorNS, "--reuse-values",
+		"--set", "manager.statusInterval=3s", "--wait", "--timeout", "3m")
+	args := kubectl(t, "get", "deploy", "-n", operatorNS, "-l", "app.kubernetes.io/instance="+release, "-o", "jsonpath={.items[0].spec.template.spec.containers[0].args}")
+	if !strings.Contains(args, "--status-interval=3s") {
+		t.Errorf("upgrade did not change the operator's args: %s", args)
+	}
+	// The operator still reconciles after the upgrade.
+	kubectl(t, "patch", "wp", "tunable", "-n", ns, "--type=merge", "-p", `{"spec":{"replicas":1}}`)
+	e.waitPool(t, ns, "tunable", "scaled down after upgrade", 3*time.Minute, func(w *v1.WorkerPool) bool {
+		return ready(w) && w.Status.ReadyReplicas == 1
+	})
+
+	e.helmCmd(t, "uninstall", release, "--namespace", operatorNS, "--wait", "--timeout", "3m")
+	sel := "app.kubernetes.io/instance=" + release
+	for _, kind := range []string{"deployments", "serviceaccounts", "services", "roles", "rolebindings", "configmaps"} {
+		eventually(t, "no "+kind+" left in "+operatorNS, time.Minute, func() (bool, string) {
+			out, err := run(t, "kubectl", "get", kind, "-n", operatorNS, "-l", sel, "-o", "name")
+			return err == nil && strings.TrimSpace(out) == "", out
+		})
+	}
+	for _, kind := range []string{"clusterroles", "clusterrolebindings"} {
+		out := kubectl(t, "get", kind, "-l", sel, "-o", "name")
+		if strings.TrimSpace(out) != "" {
+			t.Errorf("left behind after uninstall: %s", out)
+		}
+	}
+	if err := e.k8s.Get(context.Background(), client.ObjectKey{Name: "workerpools.workers.tasker.dev"}, &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "apiextensions.k8s.io/v1", Kind: "CustomResourceDefinition"}}); apierrors.IsNotFound(err) {
+		t.Error("helm uninstall removed the CRD (and with it every pool); resource-policy keep should keep it")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
