@@ -229,6 +229,16 @@ cluster-smoke: ## Check the running local cluster with the project's images: a t
 cluster-down: ## Stop the local cluster and put the machine back as it was (bridges, iptables, mounts, sysctls, state)
 	@CLUSTER_KUBECONFIG=$(CLUSTER_KUBECONFIG) bash hack/cluster/down.sh
 
+##@ Demo
+
+.PHONY: demo
+demo: test-deps ## The demo: local cluster, PostgreSQL, helm install, a WorkerPool draining a stream of steps, watched live
+	GO=$(GO) MAKE="$(MAKE)" bash hack/demo.sh
+
+.PHONY: demo-down
+demo-down: ## Remove the demo, its PostgreSQL and the local cluster
+	GO=$(GO) bash hack/demo.sh down
+
 ##@ End to end
 
 .PHONY: e2e

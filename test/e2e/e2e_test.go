@@ -357,9 +357,9 @@ func upgradeAndUninstall(t *testing.T, ns string) {
 		t.Errorf("upgrade did not change the operator's args: %s", args)
 	}
 	// The operator still reconciles after the upgrade.
-	kubectl(t, "patch", "wp", "tunable", "-n", ns, "--type=merge", "-p", `{"spec":{"replicas":1}}`)
-	e.waitPool(t, ns, "tunable", "scaled down after upgrade", 3*time.Minute, func(w *v1.WorkerPool) bool {
-		return ready(w) && w.Status.ReadyReplicas == 1
+	kubectl(t, "patch", "wp", "tunable", "-n", ns, "--type=merge", "-p", `{"spec":{"replicas":2}}`)
+	e.waitPool(t, ns, "tunable", "scaled to 2 after upgrade", 3*time.Minute, func(w *v1.WorkerPool) bool {
+		return ready(w) && w.Status.ReadyReplicas == 2 && w.Status.Replicas == 2
 	})
 
 	e.helmCmd(t, "uninstall", release, "--namespace", operatorNS, "--wait", "--timeout", "3m")
