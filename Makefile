@@ -242,7 +242,7 @@ demo-down: ## Remove the demo, its PostgreSQL and the local cluster
 ##@ End to end
 
 .PHONY: e2e
-e2e: ## Run the end-to-end suite on the local cluster (brought up, and afterwards down again, if it was not running)
+e2e: test-deps ## Run the end-to-end suite on the local cluster (brought up, and afterwards down again, if it was not running)
 	GO=$(GO) MAKE="$(MAKE)" bash hack/e2e.sh
 
 ##@ Cleanup
