@@ -190,6 +190,23 @@ func (e *env) enqueue(t *testing.T, queueName, handler, payload string, n int) {
 	}
 }
 
+// enqueueDelayed adds n noop steps that become visible together after
+// delay, so a throughput measurement does not time the inserts.
+func (e *env) enqueueDelayed(t *testing.T, queueName string, n int, delay time.Duration) {
+	t.Helper()
+	steps := make([]queue.NewStep, n)
+	for i := range steps {
+		steps[i] = queue.NewStep{Queue: queueName, Handler: "noop", Payload: []byte(`{}`), Delay: delay}
+	}
+	start := time.Now()
+	if _, err := e.q.Enqueue(context.Background(), steps); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) > delay {
+		t.Fatalf("enqueueing %d steps took %s, longer than their %s delay: the measurement would include it", n, time.Since(start), delay)
+	}
+}
+
 // completed is how many steps of queueName are completed so far.
 func (e *env) completed(t *testing.T, queueName string) int64 {
 	t.Helper()
