@@ -5,18 +5,22 @@
 #
 #   KUBEBUILDER_ASSETS=$(hack/build-envtest.sh)
 #
-# kube-apiserver comes from a small wrapper module that requires
-# k8s.io/kubernetes and replaces every k8s.io staging module (the "./staging"
-# replace block of kubernetes' own go.mod) with its published v0.x release;
-# etcd is go.etcd.io/etcd/server/v3's etcdmain at the version kubernetes
-# requires. First build takes about 6 minutes on 2 cores; a cached rebuild
-# about 1 minute; an existing result is reused at once.
+# kube-apiserver comes from a small wrapper module (hack/k8s-wrapper.sh, shared
+# with hack/cluster/build.sh) that requires k8s.io/kubernetes and replaces
+# every k8s.io staging module (the "./staging" replace block of kubernetes' own
+# go.mod) with its published v0.x release; etcd is go.etcd.io/etcd/server/v3's
+# etcdmain at the version kubernetes requires. First build takes about 6
+# minutes on 2 cores; a cached rebuild about 1 minute; an existing result is
+# reused at once.
 set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-1.37.2}
 staging=v0.${K8S_VERSION#1.}
 cache=${WORKERPOOL_CACHE:-$HOME/.cache/workerpool-operator}
 out=$cache/envtest/k8s-$K8S_VERSION
 log() { echo "build-envtest: $*" >&2; }
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=k8s-wrapper.sh
+. "$(dirname "${BASH_SOURCE[0]}")/k8s-wrapper.sh"
 
 if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ]; then
   echo "$out"
@@ -25,24 +29,7 @@ fi
 
 work=$cache/envtest/src-$K8S_VERSION
 mkdir -p "$work/cmd/kube-apiserver" "$work/cmd/etcd" "$out"
-kmod=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
-[ -s "$kmod" ] || { log "could not fetch k8s.io/kubernetes@v$K8S_VERSION's go.mod"; exit 1; }
-etcd_version=$(sed -n 's#^[[:space:]]*go.etcd.io/etcd/server/v3 \(v[^ ]*\).*#\1#p' "$kmod" | head -n1)
-
-{
-  echo "module envtestbuild"
-  echo
-  echo "go $(sed -n 's/^go //p' "$kmod")"
-  echo
-  echo "require ("
-  echo "	k8s.io/kubernetes v$K8S_VERSION"
-  echo "	go.etcd.io/etcd/server/v3 $etcd_version"
-  echo ")"
-  echo
-  echo "replace ("
-  sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\t\1 => \1 '"$staging"'#p' "$kmod"
-  echo ")"
-} >"$work/go.mod"
+k8s_wrapper_gomod envtestbuild "$work" "$work/go.mod"
 
 cat >"$work/cmd/kube-apiserver/main.go" <<'GO'
 package main
@@ -72,13 +59,7 @@ cd "$work"
 log "resolving modules for kubernetes v$K8S_VERSION (staging $staging), etcd $etcd_version"
 GOFLAGS=-mod=mod go mod tidy >&2
 # Stamp the version, or clients cannot parse it.
-now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-minor=$(echo "$K8S_VERSION" | cut -d. -f2)
-ldflags=""
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$now"
-done
+ldflags=$(k8s_version_ldflags)
 log "building kube-apiserver (several minutes on a cold cache)"
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$out/kube-apiserver.tmp" ./cmd/kube-apiserver
 log "building etcd"

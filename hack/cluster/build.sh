@@ -6,11 +6,12 @@
 #
 #   bin=$(hack/cluster/build.sh)
 #
-# Same approach as hack/build-envtest.sh: a small wrapper module requires
-# k8s.io/kubernetes and replaces every k8s.io staging module with its
-# published v0.x release; one tiny main per component. The version is stamped
-# at link time, or kubectl cannot parse it. The same build flags as envtest's
-# build, so a warm Go build cache (for example after `make envtest`) is reused.
+# Same approach as hack/build-envtest.sh: the small wrapper module of
+# hack/k8s-wrapper.sh requires k8s.io/kubernetes and replaces every k8s.io
+# staging module with its published v0.x release; one tiny main per component.
+# The version is stamped at link time, or kubectl cannot parse it. The same
+# build flags as envtest's build, so a warm Go build cache (for example after
+# `make envtest`) is reused.
 # Cold: 7 to 12 minutes on 2 cores (kube-controller-manager and kube-apiserver
 # take most of it); an existing result is reused at once.
 set -euo pipefail
@@ -21,6 +22,9 @@ out=$cache/cluster/k8s-$K8S_VERSION
 work=$cache/cluster/src-$K8S_VERSION
 components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd)
 log() { echo "cluster-build: $*" >&2; }
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=../k8s-wrapper.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../k8s-wrapper.sh"
 
 missing=()
 for c in "${components[@]}"; do [ -x "$out/$c" ] || missing+=("$c"); done
@@ -32,24 +36,7 @@ log "building ${missing[*]} into $out"
 start=$SECONDS
 
 mkdir -p "$work" "$out"
-kmod=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
-[ -s "$kmod" ] || { log "could not fetch k8s.io/kubernetes@v$K8S_VERSION's go.mod"; exit 1; }
-etcd_version=$(sed -n 's#^[[:space:]]*go.etcd.io/etcd/server/v3 \(v[^ ]*\).*#\1#p' "$kmod" | head -n1)
-
-{
-  echo "module clusterbuild"
-  echo
-  echo "go $(sed -n 's/^go //p' "$kmod")"
-  echo
-  echo "require ("
-  echo "	k8s.io/kubernetes v$K8S_VERSION"
-  echo "	go.etcd.io/etcd/server/v3 $etcd_version"
-  echo ")"
-  echo
-  echo "replace ("
-  sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\t\1 => \1 '"$staging"'#p' "$kmod"
-  echo ")"
-} >"$work/go.mod.new"
+k8s_wrapper_gomod clusterbuild "$work" "$work/go.mod.new"
 # Keep go.sum and the resolved go.mod when the inputs did not change.
 if ! cmp -s "$work/go.mod.new" "$work/go.mod.in" 2>/dev/null; then
   cp "$work/go.mod.new" "$work/go.mod"
@@ -126,13 +113,7 @@ if [ ! -s go.sum ]; then
 fi
 
 # Stamp the version, or clients cannot parse it.
-now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-minor=$(echo "$K8S_VERSION" | cut -d. -f2)
-ldflags=""
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$now"
-done
+ldflags=$(k8s_version_ldflags)
 i=0
 for c in "${missing[@]}"; do
   i=$((i + 1))
