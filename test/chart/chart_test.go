@@ -8,33 +8,24 @@
 package chart
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -43,16 +34,10 @@ import (
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
 
 	workersv1alpha1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
-	"github.com/seed-a17b38e7/workerpool-operator/internal/config"
-	"github.com/seed-a17b38e7/workerpool-operator/internal/worker"
+	"github.com/seed-a17b38e7/workerpool-operator/test/kubeobjects"
 )
 
 const (
@@ -129,15 +114,15 @@ func TestDefaults(t *testing.T) {
 	checkNames(t, objs, want)
 	checkCommon(t, objs)
 	for _, o := range objs {
-		if namespaced(o.kind) && o.namespace != namespace {
-			t.Errorf("%s %s is in namespace %q, want the release namespace %q", o.kind, o.name, o.namespace, namespace)
+		if kubeobjects.Namespaced(o.Kind) && o.Namespace != namespace {
+			t.Errorf("%s %s is in namespace %q, want the release namespace %q", o.Kind, o.Name, o.Namespace, namespace)
 		}
 	}
 
-	if n := checkBindings(t, objs); n != 3 {
+	if n := kubeobjects.CheckBindings(t, objs, namespace); n != 3 {
 		t.Errorf("%d bindings, want 3 (manager, leader election, metrics auth)", n)
 	}
-	crb := typed[*rbacv1.ClusterRoleBinding](t, objs.get(t, "ClusterRoleBinding", fullname+"-manager"))
+	crb := kubeobjects.Typed[*rbacv1.ClusterRoleBinding](t, objs.Get(t, "ClusterRoleBinding", fullname+"-manager"))
 	if crb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: fullname + "-manager"}) {
 		t.Errorf("manager ClusterRoleBinding roleRef = %+v", crb.RoleRef)
 	}
@@ -165,20 +150,20 @@ func TestWatchNamespaces(t *testing.T) {
 	objs := render(t, "watchNamespaces: [a, b]\n")
 	checkCommon(t, objs)
 	for _, kind := range []string{"ClusterRole", "ClusterRoleBinding"} {
-		if o, ok := objs.find(kind, fullname+"-manager", ""); ok {
-			t.Errorf("namespaced mode renders %s %s", kind, o.name)
+		if o, ok := objs.Find(kind, fullname+"-manager", ""); ok {
+			t.Errorf("namespaced mode renders %s %s", kind, o.Name)
 		}
 	}
 	var roleNamespaces, bindingNamespaces []string
 	for _, o := range objs {
 		switch {
-		case o.kind == "Role" && o.name == fullname+"-manager":
-			roleNamespaces = append(roleNamespaces, o.namespace)
-		case o.kind == "RoleBinding" && o.name == fullname+"-manager":
-			bindingNamespaces = append(bindingNamespaces, o.namespace)
-			rb := typed[*rbacv1.RoleBinding](t, o)
+		case o.Kind == "Role" && o.Name == fullname+"-manager":
+			roleNamespaces = append(roleNamespaces, o.Namespace)
+		case o.Kind == "RoleBinding" && o.Name == fullname+"-manager":
+			bindingNamespaces = append(bindingNamespaces, o.Namespace)
+			rb := kubeobjects.Typed[*rbacv1.RoleBinding](t, o)
 			if rb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: fullname + "-manager"}) {
-				t.Errorf("RoleBinding %s/%s roleRef = %+v", o.namespace, o.name, rb.RoleRef)
+				t.Errorf("RoleBinding %s/%s roleRef = %+v", o.Namespace, o.Name, rb.RoleRef)
 			}
 		}
 	}
@@ -189,17 +174,17 @@ func TestWatchNamespaces(t *testing.T) {
 	}
 	// The leader election lease stays in the release namespace; the metrics
 	// auth reviews are cluster-scoped in every mode.
-	if o := objs.get(t, "Role", fullname+"-leader-election"); o.namespace != namespace {
-		t.Errorf("leader election Role in %q, want %q", o.namespace, namespace)
+	if o := objs.Get(t, "Role", fullname+"-leader-election"); o.Namespace != namespace {
+		t.Errorf("leader election Role in %q, want %q", o.Namespace, namespace)
 	}
-	objs.get(t, "ClusterRoleBinding", fullname+"-metrics-auth")
-	if n := checkBindings(t, objs); n != 4 {
+	objs.Get(t, "ClusterRoleBinding", fullname+"-metrics-auth")
+	if n := kubeobjects.CheckBindings(t, objs, namespace); n != 4 {
 		t.Errorf("%d bindings, want 4 (manager in a and b, leader election, metrics auth)", n)
 	}
 	checkRoles(t, objs, []string{"a", "b"})
 	for _, o := range objs {
-		if namespaced(o.kind) && o.namespace != namespace && !(o.name == fullname+"-manager" && (o.namespace == "a" || o.namespace == "b")) {
-			t.Errorf("%s %s in namespace %q", o.kind, o.name, o.namespace)
+		if kubeobjects.Namespaced(o.Kind) && o.Namespace != namespace && !(o.Name == fullname+"-manager" && (o.Namespace == "a" || o.Namespace == "b")) {
+			t.Errorf("%s %s in namespace %q", o.Kind, o.Name, o.Namespace)
 		}
 	}
 
@@ -222,11 +207,11 @@ func TestWatchNamespaces(t *testing.T) {
 func TestCRDsNotInstalled(t *testing.T) {
 	objs := render(t, "crds:\n  install: false\n")
 	checkCommon(t, objs)
-	if _, ok := objs.find("CustomResourceDefinition", "workerpools.workers.tasker.dev", ""); ok {
+	if _, ok := objs.Find("CustomResourceDefinition", "workerpools.workers.tasker.dev", ""); ok {
 		t.Error("crds.install=false still renders the CRD")
 	}
 	if got, want := len(objs), len(render(t, ""))-1; got != want {
-		t.Errorf("%d objects, want %d (the defaults less the CRD): %v", got, want, objs.names())
+		t.Errorf("%d objects, want %d (the defaults less the CRD): %v", got, want, objs.Names())
 	}
 	checkDeployment(t, objs, 1, defaultArgs(nil))
 }
@@ -238,8 +223,8 @@ func TestReplicas(t *testing.T) {
 	objs := render(t, "replicaCount: 2\n")
 	checkCommon(t, objs)
 	checkDeployment(t, objs, 2, defaultArgs(nil))
-	objs.get(t, "Role", fullname+"-leader-election")
-	objs.get(t, "RoleBinding", fullname+"-leader-election")
+	objs.Get(t, "Role", fullname+"-leader-election")
+	objs.Get(t, "RoleBinding", fullname+"-leader-election")
 
 	// One replica without leader election: no flag, no lease Role.
 	objs = render(t, "leaderElection:\n  enabled: false\n")
@@ -247,7 +232,7 @@ func TestReplicas(t *testing.T) {
 	args := slices.DeleteFunc(defaultArgs(nil), func(a string) bool { return strings.HasPrefix(a, "--leader-elect") })
 	checkDeployment(t, objs, 1, args)
 	for _, kind := range []string{"Role", "RoleBinding"} {
-		if _, ok := objs.find(kind, fullname+"-leader-election", namespace); ok {
+		if _, ok := objs.Find(kind, fullname+"-leader-election", namespace); ok {
 			t.Errorf("leader election off still renders the %s", kind)
 		}
 	}
@@ -297,17 +282,17 @@ affinity:
 `)
 	checkCommon(t, objs)
 	for _, role := range []string{"workerpool-editor", "workerpool-viewer"} {
-		if _, ok := objs.find("ClusterRole", "ops-"+role, ""); ok {
+		if _, ok := objs.Find("ClusterRole", "ops-"+role, ""); ok {
 			t.Errorf("rbac.aggregateToDefaultRoles=false still renders %s", role)
 		}
 	}
-	sa := typed[*corev1.ServiceAccount](t, objs.get(t, "ServiceAccount", "operator"))
+	sa := kubeobjects.Typed[*corev1.ServiceAccount](t, objs.Get(t, "ServiceAccount", "operator"))
 	if sa.Annotations["team"] != "ops" {
 		t.Errorf("ServiceAccount annotations = %v", sa.Annotations)
 	}
-	checkBindings(t, objs)
+	kubeobjects.CheckBindings(t, objs, namespace)
 
-	d := typed[*appsv1.Deployment](t, objs.get(t, "Deployment", "ops"))
+	d := kubeobjects.Typed[*appsv1.Deployment](t, objs.Get(t, "Deployment", "ops"))
 	pod := d.Spec.Template
 	c := pod.Spec.Containers[0]
 	if c.Image != "registry.local/wpo:v9.9.9" || c.ImagePullPolicy != corev1.PullNever {
@@ -347,12 +332,12 @@ affinity:
 		t.Errorf("serviceAccount.create=false without a name: %s", err)
 	}
 	objs = render(t, "serviceAccount: {create: false, name: existing}\n")
-	if _, ok := objs.find("ServiceAccount", "existing", namespace); ok {
+	if _, ok := objs.Find("ServiceAccount", "existing", namespace); ok {
 		t.Error("serviceAccount.create=false renders the ServiceAccount")
 	}
 	for _, o := range objs {
 		var subjects []rbacv1.Subject
-		switch b := o.obj.(type) {
+		switch b := o.Decoded.(type) {
 		case *rbacv1.ClusterRoleBinding:
 			subjects = b.Subjects
 		case *rbacv1.RoleBinding:
@@ -360,7 +345,7 @@ affinity:
 		}
 		for _, s := range subjects {
 			if s.Name != "existing" || s.Namespace != namespace {
-				t.Errorf("%s %s binds %s/%s, want the existing ServiceAccount", o.kind, o.name, s.Namespace, s.Name)
+				t.Errorf("%s %s binds %s/%s, want the existing ServiceAccount", o.Kind, o.Name, s.Namespace, s.Name)
 			}
 		}
 	}
@@ -378,52 +363,36 @@ monitoring:
   dashboard: {enabled: true, labels: {release: kps}}
 `)
 	checkCommon(t, objs)
-	opMon := objs.get(t, "ServiceMonitor", fullname+"-metrics")
-	wMon := objs.get(t, "ServiceMonitor", fullname+"-workers")
-	rule := objs.get(t, "PrometheusRule", fullname+"-alerts")
-	dash := objs.get(t, "ConfigMap", fullname+"-dashboard")
-	for _, o := range []object{opMon, wMon, rule, dash} {
-		if o.namespace != namespace {
-			t.Errorf("%s %s in namespace %q, want %q", o.kind, o.name, o.namespace, namespace)
+	opMon := objs.Get(t, "ServiceMonitor", fullname+"-metrics")
+	wMon := objs.Get(t, "ServiceMonitor", fullname+"-workers")
+	rule := objs.Get(t, "PrometheusRule", fullname+"-alerts")
+	dash := objs.Get(t, "ConfigMap", fullname+"-dashboard")
+	for _, o := range []kubeobjects.Object{opMon, wMon, rule, dash} {
+		if o.Namespace != namespace {
+			t.Errorf("%s %s in namespace %q, want %q", o.Kind, o.Name, o.Namespace, namespace)
 		}
 		var meta metav1.PartialObjectMetadata
-		if err := yaml.Unmarshal(o.raw, &meta); err != nil {
+		if err := yaml.Unmarshal(o.Raw, &meta); err != nil {
 			t.Fatal(err)
 		}
 		if meta.Labels["release"] != "kps" {
-			t.Errorf("%s %s lacks the label release=kps from values: %v", o.kind, o.name, meta.Labels)
+			t.Errorf("%s %s lacks the label release=kps from values: %v", o.Kind, o.Name, meta.Labels)
 		}
 	}
 	if defaults := len(render(t, "")); len(objs) != defaults+4 {
-		t.Errorf("monitoring adds %d objects, want 4: %v", len(objs)-defaults, objs.names())
+		t.Errorf("monitoring adds %d objects, want 4: %v", len(objs)-defaults, objs.Names())
 	}
 
 	// The operator's monitor scrapes the metrics Service's https port with a
 	// bearer token, keeping the pools' namespace label.
-	om := opMon.obj.(*serviceMonitor)
-	svc := typed[*corev1.Service](t, objs.get(t, "Service", fullname+"-metrics"))
-	sel, err := metav1.LabelSelectorAsSelector(&om.Spec.Selector)
-	if err != nil || sel.Empty() || !sel.Matches(labels.Set(svc.Labels)) {
-		t.Errorf("operator ServiceMonitor selector %+v does not select the metrics Service (labels %v): %v", om.Spec.Selector, svc.Labels, err)
-	}
-	if om.Spec.NamespaceSelector != nil {
-		t.Errorf("operator ServiceMonitor looks beyond its own namespace: %+v", om.Spec.NamespaceSelector)
-	}
-	if len(om.Spec.Endpoints) != 1 {
-		t.Fatalf("operator ServiceMonitor has %d endpoints, want 1", len(om.Spec.Endpoints))
-	}
-	ep := om.Spec.Endpoints[0]
-	if ep.Port != svc.Spec.Ports[0].Name || ep.Scheme != "https" || ep.Path != "/metrics" ||
-		ep.BearerTokenFile != "/var/run/secrets/kubernetes.io/serviceaccount/token" || !ep.HonorLabels ||
-		ep.TLSConfig == nil || !ep.TLSConfig.InsecureSkipVerify {
-		t.Errorf("operator endpoint = %+v, want https /metrics on port %s with the bearer token, honorLabels and the self-signed certificate accepted", ep, svc.Spec.Ports[0].Name)
-	}
+	svc := kubeobjects.Typed[*corev1.Service](t, objs.Get(t, "Service", fullname+"-metrics"))
+	kubeobjects.CheckOperatorMonitor(t, kubeobjects.Typed[*kubeobjects.ServiceMonitor](t, opMon), svc)
 
 	// The worker monitor finds the operator's per-pool headless Services (in
 	// every namespace here) on the port the operator names, and not the
 	// operator's own Service.
-	wm := wMon.obj.(*serviceMonitor)
-	checkWorkerMonitor(t, wm, svc)
+	wm := wMon.Decoded.(*kubeobjects.ServiceMonitor)
+	kubeobjects.CheckWorkerMonitor(t, wm, svc)
 	if wm.Spec.NamespaceSelector == nil || !wm.Spec.NamespaceSelector.Any || len(wm.Spec.NamespaceSelector.MatchNames) > 0 {
 		t.Errorf("cluster-wide worker ServiceMonitor namespaceSelector = %+v, want any", wm.Spec.NamespaceSelector)
 	}
@@ -432,48 +401,24 @@ monitoring:
 	}
 
 	checkPrometheusRule(t, rule)
-	checkDashboard(t, dash, relabelTargets(wm))
+	checkDashboard(t, dash, kubeobjects.RelabelTargets(wm))
 
 	// Watching namespaces, the worker monitor looks only there.
 	objs = render(t, "watchNamespaces: [a, b]\nmonitoring:\n  workerServiceMonitor: {enabled: true}\n")
-	wm = objs.get(t, "ServiceMonitor", fullname+"-workers").obj.(*serviceMonitor)
+	wm = objs.Get(t, "ServiceMonitor", fullname+"-workers").Decoded.(*kubeobjects.ServiceMonitor)
 	if wm.Spec.NamespaceSelector == nil || wm.Spec.NamespaceSelector.Any || !slices.Equal(wm.Spec.NamespaceSelector.MatchNames, []string{"a", "b"}) {
 		t.Errorf("namespaced worker ServiceMonitor namespaceSelector = %+v, want matchNames [a b]", wm.Spec.NamespaceSelector)
 	}
 
 	// The dashboard can live where Grafana's sidecar looks.
 	objs = render(t, "monitoring:\n  dashboard: {enabled: true, namespace: grafana}\n")
-	if o := objs.get(t, "ConfigMap", fullname+"-dashboard"); o.namespace != "grafana" {
-		t.Errorf("dashboard in %q, want grafana", o.namespace)
-	}
-}
-
-func checkWorkerMonitor(t *testing.T, wm *serviceMonitor, operatorService *corev1.Service) {
-	t.Helper()
-	// The labels the operator puts on each pool's Service (controllers/children.go).
-	poolService := labels.Set{"app.kubernetes.io/managed-by": "workerpool-operator", "app.kubernetes.io/name": "tasker-worker",
-		workersv1alpha1.PoolLabel: "payments", "app.kubernetes.io/instance": "payments"}
-	sel, err := metav1.LabelSelectorAsSelector(&wm.Spec.Selector)
-	if err != nil || !sel.Matches(poolService) || wm.Spec.Selector.MatchLabels["app.kubernetes.io/managed-by"] != "workerpool-operator" {
-		t.Errorf("worker ServiceMonitor selector %+v must select the pools' Services by app.kubernetes.io/managed-by=workerpool-operator (%v)", wm.Spec.Selector, err)
-	}
-	if sel.Matches(labels.Set(operatorService.Labels)) {
-		t.Error("worker ServiceMonitor also selects the operator's metrics Service")
-	}
-	if len(wm.Spec.Endpoints) != 1 {
-		t.Fatalf("worker ServiceMonitor has %d endpoints, want 1", len(wm.Spec.Endpoints))
-	}
-	ep := wm.Spec.Endpoints[0]
-	if ep.Port != workersv1alpha1.MetricsPortName || ep.Path != "/metrics" || ep.Scheme != "http" {
-		t.Errorf("worker endpoint = %s %s %s, want http port %s /metrics", ep.Scheme, ep.Port, ep.Path, workersv1alpha1.MetricsPortName)
-	}
-	if got := relabelTargets(wm)["__meta_kubernetes_service_label_workers_tasker_dev_pool"]; got != "workerpool" {
-		t.Errorf("worker endpoint relabels the pool label into %q, want workerpool (as the operator's series)", got)
+	if o := objs.Get(t, "ConfigMap", fullname+"-dashboard"); o.Namespace != "grafana" {
+		t.Errorf("dashboard in %q, want grafana", o.Namespace)
 	}
 }
 
 // checkPrometheusRule: the rendered rules are config/prometheus's, unchanged.
-func checkPrometheusRule(t *testing.T, rule object) {
+func checkPrometheusRule(t *testing.T, rule kubeobjects.Object) {
 	t.Helper()
 	src, err := os.ReadFile(filepath.Join(repoRoot, "config", "prometheus", "prometheusrule.yaml"))
 	if err != nil {
@@ -483,7 +428,7 @@ func checkPrometheusRule(t *testing.T, rule object) {
 	if err := yaml.Unmarshal(src, &want); err != nil {
 		t.Fatal(err)
 	}
-	if err := yaml.Unmarshal(rule.raw, &got); err != nil {
+	if err := yaml.Unmarshal(rule.Raw, &got); err != nil {
 		t.Fatal(err)
 	}
 	if got["apiVersion"] != want["apiVersion"] || got["kind"] != want["kind"] {
@@ -494,7 +439,7 @@ func checkPrometheusRule(t *testing.T, rule object) {
 		w, _ := yaml.Marshal(want["spec"])
 		t.Errorf("the chart's alert rules differ from config/prometheus/prometheusrule.yaml (run make chart-generate):\n--- chart\n%s\n--- config\n%s", g, w)
 	}
-	pr := rule.obj.(*prometheusRule)
+	pr := rule.Decoded.(*kubeobjects.PrometheusRule)
 	var alerts []string
 	for _, g := range pr.Spec.Groups {
 		for _, r := range g.Rules {
@@ -543,9 +488,9 @@ type dashboard struct {
 
 var legendLabel = regexp.MustCompile(`\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}`)
 
-func checkDashboard(t *testing.T, o object, relabeled map[string]string) {
+func checkDashboard(t *testing.T, o kubeobjects.Object, relabeled map[string]string) {
 	t.Helper()
-	cm := typed[*corev1.ConfigMap](t, o)
+	cm := kubeobjects.Typed[*corev1.ConfigMap](t, o)
 	if cm.Labels["grafana_dashboard"] != "1" {
 		t.Errorf("dashboard ConfigMap labels %v, want grafana_dashboard: \"1\" for Grafana's sidecar", cm.Labels)
 	}
@@ -567,7 +512,7 @@ func checkDashboard(t *testing.T, o object, relabeled map[string]string) {
 		t.Fatalf("dashboard uid %q title %q with %d panels", d.UID, d.Title, len(d.Panels))
 	}
 
-	fams := workerMetrics(t)
+	fams := kubeobjects.WorkerMetrics(t)
 	// Labels Prometheus adds to every target, and those the worker
 	// ServiceMonitor relabels in (workerpool).
 	targetLabels := slices.Concat([]string{"job", "instance", "namespace", "service", "pod", "container", "endpoint"},
@@ -589,7 +534,7 @@ func checkDashboard(t *testing.T, o object, relabeled map[string]string) {
 			continue
 		}
 		for _, l := range append(m.matchers, label) {
-			if !slices.Contains(fam.labels, l) && !slices.Contains(targetLabels, l) {
+			if !slices.Contains(fam.Labels, l) && !slices.Contains(targetLabels, l) {
 				t.Errorf("variable %s uses label %s, which %s series do not carry", v.Name, l, m.name)
 			}
 		}
@@ -625,18 +570,18 @@ func checkDashboard(t *testing.T, o object, relabeled map[string]string) {
 					t.Errorf("panel %q reads %s, which the worker does not serve (it serves %v)", p.Title, s.name, served)
 					continue
 				}
-				if s.inRate && fam.typ != dto.MetricType_COUNTER {
-					t.Errorf("panel %q takes rate() of %s, a %s", p.Title, s.name, fam.typ)
+				if s.inRate && fam.Type != dto.MetricType_COUNTER {
+					t.Errorf("panel %q takes rate() of %s, a %s", p.Title, s.name, fam.Type)
 				}
-				if !s.inRate && fam.typ == dto.MetricType_COUNTER {
+				if !s.inRate && fam.Type == dto.MetricType_COUNTER {
 					t.Errorf("panel %q shows the counter %s without rate()", p.Title, s.name)
 				}
 				for _, l := range s.matchers {
-					if !slices.Contains(fam.labels, l) && !slices.Contains(targetLabels, l) {
+					if !slices.Contains(fam.Labels, l) && !slices.Contains(targetLabels, l) {
 						t.Errorf("panel %q matches label %s, which %s series do not carry", p.Title, l, s.name)
 					}
 				}
-				available = append(available, fam.labels...)
+				available = append(available, fam.Labels...)
 			}
 			for _, l := range q.grouping {
 				if !slices.Contains(available, l) {
@@ -678,7 +623,7 @@ networkPolicy:
     podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}
 `)
 	checkCommon(t, objs)
-	d := typed[*appsv1.Deployment](t, objs.get(t, "Deployment", fullname))
+	d := kubeobjects.Typed[*appsv1.Deployment](t, objs.Get(t, "Deployment", fullname))
 	operatorPod := labels.Set(d.Spec.Template.Labels)
 	releaseNS := labels.Set{"kubernetes.io/metadata.name": namespace}
 	promNS := labels.Set{"kubernetes.io/metadata.name": "monitoring"}
@@ -688,28 +633,28 @@ networkPolicy:
 
 	var policyNamespaces []string
 	for _, o := range objs {
-		if o.kind != "NetworkPolicy" {
+		if o.Kind != "NetworkPolicy" {
 			continue
 		}
-		policyNamespaces = append(policyNamespaces, o.namespace)
-		np := typed[*networkingv1.NetworkPolicy](t, o)
+		policyNamespaces = append(policyNamespaces, o.Namespace)
+		np := kubeobjects.Typed[*networkingv1.NetworkPolicy](t, o)
 		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 		if err != nil || !sel.Matches(workerPod) || np.Spec.PodSelector.MatchLabels["app.kubernetes.io/managed-by"] != "workerpool-operator" {
-			t.Errorf("policy %s/%s podSelector %+v does not select the worker pods by managed-by (%v)", o.namespace, o.name, np.Spec.PodSelector, err)
+			t.Errorf("policy %s/%s podSelector %+v does not select the worker pods by managed-by (%v)", o.Namespace, o.Name, np.Spec.PodSelector, err)
 		}
 		if sel.Matches(operatorPod) {
-			t.Errorf("policy %s/%s also selects the operator's pods", o.namespace, o.name)
+			t.Errorf("policy %s/%s also selects the operator's pods", o.Namespace, o.Name)
 		}
 		if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) || len(np.Spec.Egress) > 0 {
-			t.Errorf("policy %s/%s policyTypes %v egress %v, want ingress only", o.namespace, o.name, np.Spec.PolicyTypes, np.Spec.Egress)
+			t.Errorf("policy %s/%s policyTypes %v egress %v, want ingress only", o.Namespace, o.Name, np.Spec.PolicyTypes, np.Spec.Egress)
 		}
 		if len(np.Spec.Ingress) != 1 {
-			t.Fatalf("policy %s/%s has %d ingress rules, want 1", o.namespace, o.name, len(np.Spec.Ingress))
+			t.Fatalf("policy %s/%s has %d ingress rules, want 1", o.Namespace, o.Name, len(np.Spec.Ingress))
 		}
 		rule := np.Spec.Ingress[0]
 		if len(rule.Ports) != 1 || rule.Ports[0].Port == nil || rule.Ports[0].Port.IntValue() != 9090 ||
 			rule.Ports[0].Protocol == nil || *rule.Ports[0].Protocol != corev1.ProtocolTCP || rule.Ports[0].EndPort != nil {
-			t.Errorf("policy %s/%s ports %s, want TCP 9090 only", o.namespace, o.name, rule.String())
+			t.Errorf("policy %s/%s ports %s, want TCP 9090 only", o.Namespace, o.Name, rule.String())
 		}
 		// Who gets in: the operator's pods in the release namespace and the
 		// Prometheus pods in its namespace; nobody else.
@@ -720,7 +665,7 @@ networkPolicy:
 				if peer.IPBlock != nil {
 					continue
 				}
-				nsOK := ns["kubernetes.io/metadata.name"] == o.namespace
+				nsOK := ns["kubernetes.io/metadata.name"] == o.Namespace
 				if peer.NamespaceSelector != nil {
 					sel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
 					nsOK = err == nil && sel.Matches(ns)
@@ -738,7 +683,7 @@ networkPolicy:
 		}
 		for _, peer := range rule.From {
 			if peer.IPBlock != nil || peer.NamespaceSelector == nil || len(peer.NamespaceSelector.MatchLabels)+len(peer.NamespaceSelector.MatchExpressions) == 0 {
-				t.Errorf("policy %s/%s has a peer open to every namespace or an IP block: %+v", o.namespace, o.name, peer)
+				t.Errorf("policy %s/%s has a peer open to every namespace or an IP block: %+v", o.Namespace, o.Name, peer)
 			}
 		}
 		for _, c := range []struct {
@@ -751,10 +696,10 @@ networkPolicy:
 			{"another pod in the operator's namespace", releaseNS, labels.Set{"app": "x"}, false},
 			{"the operator's labels in another namespace", labels.Set{"kubernetes.io/metadata.name": "a"}, operatorPod, false},
 			{"another pod in Prometheus's namespace", promNS, labels.Set{"app": "grafana"}, false},
-			{"a worker of the same namespace", labels.Set{"kubernetes.io/metadata.name": o.namespace}, workerPod, false},
+			{"a worker of the same namespace", labels.Set{"kubernetes.io/metadata.name": o.Namespace}, workerPod, false},
 		} {
 			if got := admits(c.ns, c.pod); got != c.want {
-				t.Errorf("policy %s/%s admits %s: %v, want %v", o.namespace, o.name, c.what, got, c.want)
+				t.Errorf("policy %s/%s admits %s: %v, want %v", o.Namespace, o.Name, c.what, got, c.want)
 			}
 		}
 	}
@@ -766,7 +711,7 @@ networkPolicy:
 	// Without a Prometheus selector only the operator gets in; cluster-wide,
 	// the policy goes to the namespaces listed for it.
 	objs = render(t, "networkPolicy:\n  enabled: true\n  namespaces: [shop]\n")
-	np := typed[*networkingv1.NetworkPolicy](t, objs.get(t, "NetworkPolicy", fullname+"-workers"))
+	np := kubeobjects.Typed[*networkingv1.NetworkPolicy](t, objs.Get(t, "NetworkPolicy", fullname+"-workers"))
 	if np.Namespace != "shop" || len(np.Spec.Ingress) != 1 || len(np.Spec.Ingress[0].From) != 1 {
 		t.Errorf("policy %s: ingress %+v, want only the operator's peer, in shop", np.Namespace, np.Spec.Ingress)
 	}
@@ -775,7 +720,7 @@ networkPolicy:
 	if err := renderError(t, "networkPolicy:\n  enabled: true\n"); !strings.Contains(err, "networkPolicy.namespaces") {
 		t.Errorf("networkPolicy without namespaces: %s", err)
 	}
-	if _, ok := render(t, "").find("NetworkPolicy", fullname+"-workers", ""); ok {
+	if _, ok := render(t, "").Find("NetworkPolicy", fullname+"-workers", ""); ok {
 		t.Error("the NetworkPolicy is rendered by default")
 	}
 }
@@ -1041,9 +986,9 @@ func renderNotes(t *testing.T, values string) string {
 // ---------------------------------------------------------------------------
 // Shared checks
 
-func checkNames(t *testing.T, objs objects, want []string) {
+func checkNames(t *testing.T, objs kubeobjects.Objects, want []string) {
 	t.Helper()
-	got := objs.names()
+	got := objs.Names()
 	slices.Sort(got)
 	want = slices.Sorted(slices.Values(want))
 	if !slices.Equal(got, want) {
@@ -1054,26 +999,26 @@ func checkNames(t *testing.T, objs objects, want []string) {
 // checkCommon holds for every render: cluster-scoped objects have no
 // namespace and namespaced ones name theirs; every object but the CRD is
 // named after the release and carries the chart's labels; no two collide.
-func checkCommon(t *testing.T, objs objects) {
+func checkCommon(t *testing.T, objs kubeobjects.Objects) {
 	t.Helper()
 	seen := map[string]bool{}
 	for _, o := range objs {
-		key := o.kind + "/" + o.namespace + "/" + o.name
+		key := o.Kind + "/" + o.Namespace + "/" + o.Name
 		if seen[key] {
 			t.Errorf("%s rendered twice", key)
 		}
 		seen[key] = true
-		if namespaced(o.kind) && o.namespace == "" {
-			t.Errorf("%s %s has no namespace", o.kind, o.name)
+		if kubeobjects.Namespaced(o.Kind) && o.Namespace == "" {
+			t.Errorf("%s %s has no namespace", o.Kind, o.Name)
 		}
-		if !namespaced(o.kind) && o.namespace != "" {
-			t.Errorf("cluster-scoped %s %s has namespace %q", o.kind, o.name, o.namespace)
+		if !kubeobjects.Namespaced(o.Kind) && o.Namespace != "" {
+			t.Errorf("cluster-scoped %s %s has namespace %q", o.Kind, o.Name, o.Namespace)
 		}
-		if o.kind == "CustomResourceDefinition" {
+		if o.Kind == "CustomResourceDefinition" {
 			continue // kept exactly as config/crd/bases has it
 		}
 		var meta metav1.PartialObjectMetadata
-		if err := yaml.Unmarshal(o.raw, &meta); err != nil {
+		if err := yaml.Unmarshal(o.Raw, &meta); err != nil {
 			t.Fatal(err)
 		}
 		for k, v := range map[string]string{
@@ -1081,111 +1026,52 @@ func checkCommon(t *testing.T, objs objects) {
 			"app.kubernetes.io/managed-by": "Helm", "helm.sh/chart": "workerpool-operator-" + chartVersion(t),
 		} {
 			if meta.Labels[k] != v {
-				t.Errorf("%s %s: label %s=%q, want %q", o.kind, o.name, k, meta.Labels[k], v)
+				t.Errorf("%s %s: label %s=%q, want %q", o.Kind, o.Name, k, meta.Labels[k], v)
 			}
 		}
 	}
-}
-
-// checkBindings: every binding refers to a role the chart renders (a Role in
-// the binding's own namespace) and only to the ServiceAccount the chart
-// renders and the operator runs as.
-func checkBindings(t *testing.T, objs objects) int {
-	t.Helper()
-	var n int
-	for _, o := range objs {
-		var ref rbacv1.RoleRef
-		var subjects []rbacv1.Subject
-		switch b := o.obj.(type) {
-		case *rbacv1.ClusterRoleBinding:
-			ref, subjects = b.RoleRef, b.Subjects
-			if ref.Kind != "ClusterRole" {
-				t.Errorf("ClusterRoleBinding %s refers to a %s", o.name, ref.Kind)
-			}
-		case *rbacv1.RoleBinding:
-			ref, subjects = b.RoleRef, b.Subjects
-		default:
-			continue
-		}
-		n++
-		if ref.APIGroup != rbacv1.GroupName {
-			t.Errorf("%s %s: roleRef apiGroup %q", o.kind, o.name, ref.APIGroup)
-		}
-		ns := ""
-		if ref.Kind == "Role" {
-			ns = o.namespace
-		}
-		if _, ok := objs.find(ref.Kind, ref.Name, ns); !ok {
-			t.Errorf("%s %s/%s refers to %s %q, which the chart does not render (in %q)", o.kind, o.namespace, o.name, ref.Kind, ref.Name, ns)
-		}
-		if len(subjects) != 1 {
-			t.Errorf("%s %s has %d subjects, want the operator's ServiceAccount", o.kind, o.name, len(subjects))
-		}
-		for _, s := range subjects {
-			if s.Kind != rbacv1.ServiceAccountKind || s.Namespace != namespace {
-				t.Errorf("%s %s: subject %s %s/%s, want a ServiceAccount in the release namespace", o.kind, o.name, s.Kind, s.Namespace, s.Name)
-			}
-			d := typed[*appsv1.Deployment](t, objs.get(t, "Deployment", deploymentName(objs)))
-			if s.Name != d.Spec.Template.Spec.ServiceAccountName {
-				t.Errorf("%s %s binds ServiceAccount %s, but the operator runs as %s", o.kind, o.name, s.Name, d.Spec.Template.Spec.ServiceAccountName)
-			}
-			if _, created := objs.find("ServiceAccount", s.Name, s.Namespace); !created {
-				t.Errorf("%s %s binds ServiceAccount %s/%s, which the chart does not render", o.kind, o.name, s.Namespace, s.Name)
-			}
-		}
-	}
-	return n
-}
-
-func deploymentName(objs objects) string {
-	for _, o := range objs {
-		if o.kind == "Deployment" {
-			return o.name
-		}
-	}
-	return ""
 }
 
 // checkRoles: each role's rules are those of its counterpart in config/rbac
 // (role.yaml is generated by controller-gen from the controllers' markers).
-func checkRoles(t *testing.T, objs objects, watchNamespaces []string) {
+func checkRoles(t *testing.T, objs kubeobjects.Objects, watchNamespaces []string) {
 	t.Helper()
-	compare := func(o object, rules []rbacv1.PolicyRule, file string) {
+	compare := func(o kubeobjects.Object, rules []rbacv1.PolicyRule, file string) {
 		want := configRole(t, file)
 		if !apiequality.Semantic.DeepEqual(rules, want.Rules) {
-			t.Errorf("%s %s/%s rules differ from config/rbac/%s (run make chart-generate):\n got %+v\nwant %+v", o.kind, o.namespace, o.name, file, rules, want.Rules)
+			t.Errorf("%s %s/%s rules differ from config/rbac/%s (run make chart-generate):\n got %+v\nwant %+v", o.Kind, o.Namespace, o.Name, file, rules, want.Rules)
 		}
 	}
 	if len(watchNamespaces) == 0 {
-		o := objs.get(t, "ClusterRole", fullname+"-manager")
-		compare(o, typed[*rbacv1.ClusterRole](t, o).Rules, "role.yaml")
+		o := objs.Get(t, "ClusterRole", fullname+"-manager")
+		compare(o, kubeobjects.Typed[*rbacv1.ClusterRole](t, o).Rules, "role.yaml")
 	}
 	for _, ns := range watchNamespaces {
-		o, ok := objs.find("Role", fullname+"-manager", ns)
+		o, ok := objs.Find("Role", fullname+"-manager", ns)
 		if !ok {
 			t.Fatalf("no manager Role in %s", ns)
 		}
-		compare(o, typed[*rbacv1.Role](t, o).Rules, "role.yaml")
-		for _, r := range typed[*rbacv1.Role](t, o).Rules {
+		compare(o, kubeobjects.Typed[*rbacv1.Role](t, o).Rules, "role.yaml")
+		for _, r := range kubeobjects.Typed[*rbacv1.Role](t, o).Rules {
 			if len(r.NonResourceURLs) > 0 {
 				t.Errorf("manager Role in %s has non-resource rules, which a Role cannot grant: %+v", ns, r)
 			}
 		}
 	}
-	o := objs.get(t, "Role", fullname+"-leader-election")
-	compare(o, typed[*rbacv1.Role](t, o).Rules, "leader_election_role.yaml")
-	o = objs.get(t, "ClusterRole", fullname+"-metrics-auth")
-	compare(o, typed[*rbacv1.ClusterRole](t, o).Rules, "metrics_auth_role.yaml")
-	o = objs.get(t, "ClusterRole", fullname+"-metrics-reader")
-	compare(o, typed[*rbacv1.ClusterRole](t, o).Rules, "metrics_reader_role.yaml")
+	o := objs.Get(t, "Role", fullname+"-leader-election")
+	compare(o, kubeobjects.Typed[*rbacv1.Role](t, o).Rules, "leader_election_role.yaml")
+	o = objs.Get(t, "ClusterRole", fullname+"-metrics-auth")
+	compare(o, kubeobjects.Typed[*rbacv1.ClusterRole](t, o).Rules, "metrics_auth_role.yaml")
+	o = objs.Get(t, "ClusterRole", fullname+"-metrics-reader")
+	compare(o, kubeobjects.Typed[*rbacv1.ClusterRole](t, o).Rules, "metrics_reader_role.yaml")
 	for _, role := range []string{"editor", "viewer"} {
-		o := objs.get(t, "ClusterRole", fullname+"-workerpool-"+role)
-		cr := typed[*rbacv1.ClusterRole](t, o)
+		o := objs.Get(t, "ClusterRole", fullname+"-workerpool-"+role)
+		cr := kubeobjects.Typed[*rbacv1.ClusterRole](t, o)
 		file := "workerpool_" + role + "_role.yaml"
 		compare(o, cr.Rules, file)
 		for k, v := range configRole(t, file).Labels {
 			if strings.HasPrefix(k, "rbac.authorization.k8s.io/aggregate-to-") && cr.Labels[k] != v {
-				t.Errorf("ClusterRole %s lacks the aggregation label %s=%s of config/rbac/%s", o.name, k, v, file)
+				t.Errorf("ClusterRole %s lacks the aggregation label %s=%s of config/rbac/%s", o.Name, k, v, file)
 			}
 		}
 	}
@@ -1198,7 +1084,7 @@ func configRole(t *testing.T, file string) rbacv1.ClusterRole {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obj, _, err := codecs.UniversalDeserializer().Decode(bytes.TrimPrefix(b, []byte("---\n")), nil, nil)
+	obj, _, err := kubeobjects.StrictDecoder().Decode(bytes.TrimPrefix(b, []byte("---\n")), nil, nil)
 	if err != nil {
 		t.Fatalf("config/rbac/%s: %v", file, err)
 	}
@@ -1213,7 +1099,7 @@ func configRole(t *testing.T, file string) rbacv1.ClusterRole {
 }
 
 // checkCRD: the rendered CRDs are config/crd/bases's, with the keep policy.
-func checkCRD(t *testing.T, objs objects) {
+func checkCRD(t *testing.T, objs kubeobjects.Objects) {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(repoRoot, "config", "crd", "bases", "*.yaml"))
 	if err != nil || len(files) == 0 {
@@ -1221,7 +1107,7 @@ func checkCRD(t *testing.T, objs objects) {
 	}
 	var rendered int
 	for _, o := range objs {
-		if o.kind == "CustomResourceDefinition" {
+		if o.Kind == "CustomResourceDefinition" {
 			rendered++
 		}
 	}
@@ -1233,12 +1119,12 @@ func checkCRD(t *testing.T, objs objects) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		obj, _, err := codecs.UniversalDeserializer().Decode(b, nil, nil)
+		obj, _, err := kubeobjects.StrictDecoder().Decode(b, nil, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
 		want := obj.(*apiextensionsv1.CustomResourceDefinition)
-		got := typed[*apiextensionsv1.CustomResourceDefinition](t, objs.get(t, "CustomResourceDefinition", want.Name))
+		got := kubeobjects.Typed[*apiextensionsv1.CustomResourceDefinition](t, objs.Get(t, "CustomResourceDefinition", want.Name))
 		if got.Annotations[keep] != "keep" {
 			t.Errorf("CRD %s annotations %v, want %s: keep, so helm uninstall leaves it and the pools", got.Name, got.Annotations, keep)
 		}
@@ -1260,11 +1146,13 @@ func defaultArgs(watch []string) []string {
 		"--zap-log-level=info", "--zap-encoder=json")
 }
 
-// checkDeployment: the manager Deployment runs restricted, probes and serves
-// metrics on the ports its flags name, and is selected by the metrics Service.
-func checkDeployment(t *testing.T, objs objects, replicas int32, wantArgs []string) *appsv1.Deployment {
+// checkDeployment: the manager Deployment passes kubeobjects.CheckManager,
+// runs replicas of the manager as the chart's ServiceAccount with wantArgs
+// (leader election when there are several), is told apart from the
+// workers, and serves metrics on 8443.
+func checkDeployment(t *testing.T, objs kubeobjects.Objects, replicas int32, wantArgs []string) *appsv1.Deployment {
 	t.Helper()
-	d := typed[*appsv1.Deployment](t, objs.get(t, "Deployment", fullname))
+	d, c := kubeobjects.CheckManager(t, objs, fullname, fullname+"-metrics")
 	if d.Spec.Replicas == nil || *d.Spec.Replicas != replicas {
 		t.Errorf("replicas = %v, want %d", d.Spec.Replicas, replicas)
 	}
@@ -1272,17 +1160,10 @@ func checkDeployment(t *testing.T, objs objects, replicas int32, wantArgs []stri
 	if pod.ServiceAccountName != fullname {
 		t.Errorf("serviceAccountName = %q, want %q", pod.ServiceAccountName, fullname)
 	}
-	objs.get(t, "ServiceAccount", pod.ServiceAccountName)
-	if sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector); err != nil || sel.Empty() || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
-		t.Errorf("Deployment selector %v does not match its pod labels %v (%v)", d.Spec.Selector, d.Spec.Template.Labels, err)
-	}
+	objs.Get(t, "ServiceAccount", pod.ServiceAccountName)
 	if d.Spec.Template.Labels["app.kubernetes.io/managed-by"] == "workerpool-operator" {
 		t.Error("the operator's pods carry the workers' managed-by label")
 	}
-	if len(pod.Containers) != 1 {
-		t.Fatalf("manager pod has %d containers, want 1", len(pod.Containers))
-	}
-	c := pod.Containers[0]
 	if c.Name != "manager" || !slices.Equal(c.Command, []string{"/manager"}) {
 		t.Errorf("container %q command %v, want manager running /manager", c.Name, c.Command)
 	}
@@ -1292,134 +1173,11 @@ func checkDeployment(t *testing.T, objs objects, replicas int32, wantArgs []stri
 	if leader := slices.Contains(c.Args, "--leader-elect"); replicas > 1 && !leader {
 		t.Errorf("%d replicas without --leader-elect", replicas)
 	}
-	if g := pod.TerminationGracePeriodSeconds; g == nil || *g != 10 {
-		t.Errorf("terminationGracePeriodSeconds = %v, want 10", g)
-	}
-	for _, v := range restrictedViolations(pod) {
-		t.Errorf("the manager pod is not restricted: %s", v)
-	}
-
-	probePort := flagPort(t, c.Args, "--health-probe-bind-address")
-	for _, p := range []struct {
-		name  string
-		probe *corev1.Probe
-		path  string
-	}{{"liveness", c.LivenessProbe, "/healthz"}, {"readiness", c.ReadinessProbe, "/readyz"}} {
-		if p.probe == nil || p.probe.HTTPGet == nil {
-			t.Errorf("no HTTP %s probe", p.name)
-			continue
-		}
-		if p.probe.HTTPGet.Path != p.path || containerPort(t, c, p.probe.HTTPGet.Port.String()) != probePort {
-			t.Errorf("%s probe GET %s on %s, want %s on %d", p.name, p.probe.HTTPGet.Path, p.probe.HTTPGet.Port.String(), p.path, probePort)
-		}
-	}
-	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
-		req, lim := c.Resources.Requests[r], c.Resources.Limits[r]
-		if req.IsZero() || lim.IsZero() || req.Cmp(lim) > 0 {
-			t.Errorf("%s request %s / limit %s: want both set, request <= limit", r, req.String(), lim.String())
-		}
-	}
-
 	// The metrics Service reaches the manager's metrics port over https 8443.
-	svc := typed[*corev1.Service](t, objs.get(t, "Service", fullname+"-metrics"))
-	metricsPort := flagPort(t, c.Args, "--metrics-bind-address")
-	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "https" || svc.Spec.Ports[0].Port != 8443 ||
-		containerPort(t, c, svc.Spec.Ports[0].TargetPort.String()) != metricsPort || metricsPort != 8443 {
-		t.Errorf("metrics Service ports = %+v, want https 8443 -> the manager's %d", svc.Spec.Ports, metricsPort)
-	}
-	if len(svc.Spec.Selector) == 0 || !labels.Set(svc.Spec.Selector).AsSelector().Matches(labels.Set(d.Spec.Template.Labels)) {
-		t.Errorf("metrics Service selector %v does not select the manager pods %v", svc.Spec.Selector, d.Spec.Template.Labels)
+	if metricsPort := kubeobjects.FlagPort(t, c.Args, "--metrics-bind-address"); metricsPort != 8443 {
+		t.Errorf("the manager serves metrics on %d, want 8443 (the metrics Service's port)", metricsPort)
 	}
 	return d
-}
-
-// restrictedViolations checks a pod against the restricted Pod Security
-// Standard (the controls a Deployment's template can break).
-func restrictedViolations(pod corev1.PodSpec) []string {
-	var out []string
-	if pod.HostNetwork || pod.HostPID || pod.HostIPC {
-		out = append(out, "host namespaces")
-	}
-	for _, v := range pod.Volumes {
-		if v.HostPath != nil {
-			out = append(out, "hostPath volume "+v.Name)
-		}
-	}
-	psc := pod.SecurityContext
-	podNonRoot := psc != nil && psc.RunAsNonRoot != nil && *psc.RunAsNonRoot
-	podSeccomp := psc != nil && psc.SeccompProfile != nil && psc.SeccompProfile.Type == corev1.SeccompProfileTypeRuntimeDefault
-	if psc != nil && psc.RunAsUser != nil && *psc.RunAsUser == 0 {
-		out = append(out, "pod runAsUser 0")
-	}
-	for _, c := range slices.Concat(pod.InitContainers, pod.Containers) {
-		sc := c.SecurityContext
-		if sc == nil {
-			out = append(out, c.Name+": no securityContext")
-			continue
-		}
-		if sc.Privileged != nil && *sc.Privileged {
-			out = append(out, c.Name+": privileged")
-		}
-		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-			out = append(out, c.Name+": allowPrivilegeEscalation is not false")
-		}
-		if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0 {
-			out = append(out, c.Name+": capabilities do not drop ALL (or add some)")
-		}
-		if !podNonRoot && (sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot) {
-			out = append(out, c.Name+": runAsNonRoot is not true")
-		}
-		if sc.RunAsUser != nil && *sc.RunAsUser == 0 {
-			out = append(out, c.Name+": runAsUser 0")
-		}
-		if !podSeccomp && (sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault) {
-			out = append(out, c.Name+": seccompProfile is not RuntimeDefault")
-		}
-		if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
-			out = append(out, c.Name+": readOnlyRootFilesystem is not true") // beyond the standard, as config/manager
-		}
-		for _, p := range c.Ports {
-			if p.HostPort != 0 {
-				out = append(out, fmt.Sprintf("%s: hostPort %d", c.Name, p.HostPort))
-			}
-		}
-	}
-	return out
-}
-
-// containerPort resolves a probe's or Service's port (a number or a name).
-func containerPort(t *testing.T, c corev1.Container, port string) int {
-	t.Helper()
-	if n, err := strconv.Atoi(port); err == nil {
-		return n
-	}
-	for _, p := range c.Ports {
-		if p.Name == port {
-			return int(p.ContainerPort)
-		}
-	}
-	t.Errorf("container %s has no port named %q", c.Name, port)
-	return 0
-}
-
-// flagPort is the port of a --flag=host:port argument.
-func flagPort(t *testing.T, args []string, flag string) int {
-	t.Helper()
-	for _, a := range args {
-		if v, ok := strings.CutPrefix(a, flag+"="); ok {
-			_, port, err := net.SplitHostPort(v)
-			if err != nil {
-				t.Fatalf("%s: %v", a, err)
-			}
-			p, err := strconv.Atoi(port)
-			if err != nil {
-				t.Fatalf("%s: %v", a, err)
-			}
-			return p
-		}
-	}
-	t.Fatalf("no %s in %v", flag, args)
-	return 0
 }
 
 // ---------------------------------------------------------------------------
@@ -1475,147 +1233,7 @@ func checkManagerAcceptsArgs(t *testing.T, args []string) {
 }
 
 // ---------------------------------------------------------------------------
-// The metrics a worker really serves (as test/manifests reads them)
-
-type family struct {
-	typ    dto.MetricType
-	labels []string
-}
-
-var workerFamilies struct {
-	once sync.Once
-	fams map[string]family
-}
-
-// workerMetrics assembles a real worker (FFI enabled, so every family is
-// registered) and reads its /metrics. The worker never runs and its database
-// pool never connects.
-func workerMetrics(t *testing.T) map[string]family {
-	t.Helper()
-	workerFamilies.once.Do(func() {
-		cfg := config.Default()
-		cfg.Worker.WorkerID = "chart-test"
-		cfg.Worker.MPSCChannels.FFIDispatch.Enabled = true
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = ln.Close() }()
-		w, err := worker.New(context.Background(), worker.Options{
-			Config:      cfg,
-			DatabaseURL: "postgres://chart@127.0.0.1:1/chart",
-			Logger:      logr.Discard(),
-			Listener:    ln,
-			Version:     "test",
-		})
-		if err != nil {
-			t.Fatalf("assemble worker: %v", err)
-		}
-		defer w.Queue().Pool().Close()
-		rec := httptest.NewRecorder()
-		w.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
-		if rec.Code != http.StatusOK {
-			t.Fatalf("worker /metrics: %d %s", rec.Code, rec.Body)
-		}
-		parser := expfmt.NewTextParser(model.UTF8Validation)
-		mfs, err := parser.TextToMetricFamilies(rec.Body)
-		if err != nil {
-			t.Fatalf("parse worker /metrics: %v", err)
-		}
-		fams := map[string]family{}
-		for name, mf := range mfs {
-			f := family{typ: mf.GetType()}
-			for _, m := range mf.GetMetric() {
-				for _, lp := range m.GetLabel() {
-					if !slices.Contains(f.labels, lp.GetName()) {
-						f.labels = append(f.labels, lp.GetName())
-					}
-				}
-			}
-			fams[name] = f
-		}
-		workerFamilies.fams = fams
-	})
-	if workerFamilies.fams == nil {
-		t.Fatal("the worker's metrics could not be read (see the first failure)")
-	}
-	return workerFamilies.fams
-}
-
-// ---------------------------------------------------------------------------
-// Prometheus operator objects (monitoring.coreos.com/v1): the fields the
-// chart uses, decoded strictly, so a misspelt field fails.
-
-type prometheusRule struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata"`
-	Spec              struct {
-		Groups []struct {
-			Name  string `json:"name"`
-			Rules []struct {
-				Alert       string            `json:"alert"`
-				Expr        string            `json:"expr"`
-				For         string            `json:"for"`
-				Labels      map[string]string `json:"labels"`
-				Annotations map[string]string `json:"annotations"`
-			} `json:"rules"`
-		} `json:"groups"`
-	} `json:"spec"`
-}
-
-type serviceMonitor struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata"`
-	Spec              struct {
-		Selector          metav1.LabelSelector `json:"selector"`
-		NamespaceSelector *struct {
-			Any        bool     `json:"any"`
-			MatchNames []string `json:"matchNames"`
-		} `json:"namespaceSelector"`
-		Endpoints []struct {
-			Port            string `json:"port"`
-			Path            string `json:"path"`
-			Scheme          string `json:"scheme"`
-			Interval        string `json:"interval"`
-			ScrapeTimeout   string `json:"scrapeTimeout"`
-			BearerTokenFile string `json:"bearerTokenFile"`
-			HonorLabels     bool   `json:"honorLabels"`
-			TLSConfig       *struct {
-				InsecureSkipVerify bool `json:"insecureSkipVerify"`
-			} `json:"tlsConfig"`
-			Relabelings []struct {
-				SourceLabels []string `json:"sourceLabels"`
-				TargetLabel  string   `json:"targetLabel"`
-				Action       string   `json:"action"`
-			} `json:"relabelings"`
-		} `json:"endpoints"`
-	} `json:"spec"`
-}
-
-// relabelTargets maps each single source label of a monitor's replace
-// relabelings to its target label.
-func relabelTargets(m *serviceMonitor) map[string]string {
-	out := map[string]string{}
-	for _, ep := range m.Spec.Endpoints {
-		for _, r := range ep.Relabelings {
-			if len(r.SourceLabels) == 1 && (r.Action == "" || r.Action == "replace") {
-				out[r.SourceLabels[0]] = r.TargetLabel
-			}
-		}
-	}
-	return out
-}
-
-// ---------------------------------------------------------------------------
 // helm and decoding
-
-// codecs decodes client-go's kinds and CRDs, strictly.
-var codecs = func() serializer.CodecFactory {
-	scheme := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(apiextensionsv1.AddToScheme(scheme))
-	return serializer.NewCodecFactory(scheme, serializer.EnableStrict)
-}()
 
 func goCommand(t *testing.T) string {
 	t.Helper()
@@ -1693,13 +1311,13 @@ func valuesFile(t *testing.T, values string) string {
 }
 
 // render runs helm template with values (YAML) and decodes every document.
-func render(t *testing.T, values string) objects {
+func render(t *testing.T, values string) kubeobjects.Objects {
 	t.Helper()
 	out, stderr, err := helm(t, "template", release, chartDir, "--namespace", namespace, "--values", valuesFile(t, values))
 	if err != nil {
 		t.Fatalf("helm template with %q: %v\n%s", values, err, stderr)
 	}
-	return decode(t, out)
+	return kubeobjects.Decode(t, "helm", []byte(out))
 }
 
 // renderError runs helm template, which must fail, and returns its error.
@@ -1710,118 +1328,6 @@ func renderError(t *testing.T, values string) string {
 		t.Fatalf("helm template accepted %q:\n%s", values, out)
 	}
 	return stderr
-}
-
-type object struct {
-	kind, name, namespace string
-	raw                   []byte
-	obj                   any // a client-go type, a CRD, *serviceMonitor or *prometheusRule
-}
-
-type objects []object
-
-func (objs objects) find(kind, name, namespace string) (object, bool) {
-	for _, o := range objs {
-		if o.kind == kind && o.name == name && (namespace == "" || o.namespace == namespace) {
-			return o, true
-		}
-	}
-	return object{}, false
-}
-
-func (objs objects) get(t *testing.T, kind, name string) object {
-	t.Helper()
-	o, ok := objs.find(kind, name, "")
-	if !ok {
-		t.Fatalf("no %s %q among %v", kind, name, objs.names())
-	}
-	return o
-}
-
-func (objs objects) names() []string {
-	var out []string
-	for _, o := range objs {
-		out = append(out, o.kind+"/"+o.name)
-	}
-	return out
-}
-
-// decode reads helm's output, decoding every document strictly: into its
-// client-go type, a CRD, or the Prometheus operator structs above. Any other
-// kind fails the test.
-func decode(t *testing.T, out string) objects {
-	t.Helper()
-	reader := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
-	var objs objects
-	for {
-		doc, err := reader.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("read helm output: %v", err)
-		}
-		var meta metav1.PartialObjectMetadata
-		if err := yaml.Unmarshal(doc, &meta); err != nil {
-			t.Fatalf("decode %s: %v", doc, err)
-		}
-		if meta.Kind == "" && meta.Name == "" {
-			continue // a comment-only document
-		}
-		if meta.Kind == "" || meta.APIVersion == "" || meta.Name == "" {
-			t.Fatalf("document without apiVersion, kind or name:\n%s", doc)
-		}
-		o := object{kind: meta.Kind, name: meta.Name, namespace: meta.Namespace, raw: doc}
-		switch meta.Kind {
-		case "ServiceMonitor":
-			var m serviceMonitor
-			decodeStrict(t, o, &m)
-			o.obj = &m
-		case "PrometheusRule":
-			var r prometheusRule
-			decodeStrict(t, o, &r)
-			o.obj = &r
-		default:
-			obj, _, err := codecs.UniversalDeserializer().Decode(doc, nil, nil)
-			if err != nil {
-				t.Fatalf("%s %s does not decode strictly: %v\n%s", meta.Kind, meta.Name, err, doc)
-			}
-			o.obj = obj
-		}
-		if (meta.Kind == "ServiceMonitor" || meta.Kind == "PrometheusRule") && meta.APIVersion != "monitoring.coreos.com/v1" {
-			t.Errorf("%s %s is %s, want monitoring.coreos.com/v1", meta.Kind, meta.Name, meta.APIVersion)
-		}
-		objs = append(objs, o)
-	}
-	if len(objs) == 0 {
-		t.Fatalf("helm rendered no objects:\n%s", out)
-	}
-	return objs
-}
-
-func decodeStrict(t *testing.T, o object, into any) {
-	t.Helper()
-	if err := yaml.UnmarshalStrict(o.raw, into); err != nil {
-		t.Fatalf("%s %s: %v", o.kind, o.name, err)
-	}
-}
-
-// typed returns an object's decoded type, failing if it is not T.
-func typed[T any](t *testing.T, o object) T {
-	t.Helper()
-	v, ok := o.obj.(T)
-	if !ok {
-		t.Fatalf("%s %s decoded as %T", o.kind, o.name, o.obj)
-	}
-	return v
-}
-
-func namespaced(kind string) bool {
-	switch kind {
-	case "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding":
-		return false
-	}
-	return true
 }
 
 // chartMeta is the part of Chart.yaml the tests compare with.
