@@ -226,6 +226,16 @@ func TestKill9MidRunLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = a.wait(t, 10*time.Second)
+	// A statement the killed worker had already sent (say a COMMIT of
+	// results) still runs to its end in its server backend: count the held
+	// claims only once no other backend of this database is active, or a
+	// claim counted as held may complete without a redelivery.
+	eventually(t, "worker-a's statements to finish", 10*time.Second, func() bool {
+		var active int
+		err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND pid <> pg_backend_pid() AND state NOT IN ('idle')`).Scan(&active)
+		return err == nil && active == 0
+	})
 	held := stateCounts(t, e)["claimed"]
 	if held == 0 {
 		t.Fatal("worker-a held no claims when killed; the test proves nothing")
