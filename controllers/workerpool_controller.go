@@ -156,7 +156,18 @@ func (r *WorkerPoolReconciler) reconcileChildren(ctx context.Context, pool *v1.W
 	}
 	pdb := desiredPDB(pool)
 	if !wantsPDB(pool) {
-		if err := r.Delete(ctx, pdb); err != nil && !apierrors.IsNotFound(err) {
+		// Look in the cache first: a delete call on every pass of every
+		// single-replica pool would be pure API load.
+		existing := &policyv1.PodDisruptionBudget{}
+		switch err := r.Get(ctx, client.ObjectKeyFromObject(pdb), existing); {
+		case apierrors.IsNotFound(err):
+			return nil
+		case err != nil:
+			return fmt.Errorf("get PodDisruptionBudget %s: %w", pdb.Name, err)
+		case !metav1.IsControlledBy(existing, pool):
+			return nil // not ours: leave it
+		}
+		if err := r.Delete(ctx, existing, client.Preconditions{UID: &existing.UID}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete PodDisruptionBudget %s: %w", pdb.Name, err)
 		}
 		return nil
