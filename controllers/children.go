@@ -1,7 +1,6 @@
 package controllers
 
 import (
-	"fmt"
 	"maps"
 	"math"
 	"path"
@@ -192,6 +191,3 @@ func desiredDeployment(pool *workersv1alpha1.WorkerPool, configHash string) *app
 		},
 	}
 }
-
-// describeChild names an object for errors and events.
-func describeChild(kind, name string) string { return fmt.Sprintf("%s %s", kind, name) }

@@ -111,7 +111,6 @@ type aggregation struct {
 
 func aggregate(pods []podObservation) aggregation {
 	var a aggregation
-	a.maxSaturation = 0
 	for _, p := range pods {
 		if !p.Ready {
 			continue
