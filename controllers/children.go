@@ -135,6 +135,11 @@ func desiredDeployment(pool *workersv1alpha1.WorkerPool, configHash string) *app
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 				Path: p, Port: intstr.FromString(workersv1alpha1.MetricsPortName), Scheme: corev1.URISchemeHTTP}},
 			PeriodSeconds: period, FailureThreshold: failures, TimeoutSeconds: 2,
+			// Spelled out although it is the API default: the template is
+			// compared field by field with the stored one, and a zero here
+			// would differ from the defaulted 1 and rewrite the Deployment
+			// on every pass.
+			SuccessThreshold: 1,
 		}
 	}
 	container := corev1.Container{

@@ -22,6 +22,8 @@ type PoolMetrics struct {
 	scrapeErrors *prometheus.CounterVec
 	condition    *prometheus.GaugeVec
 	scrapePass   prometheus.Histogram
+	childWrites  *prometheus.CounterVec
+	reconciles   *prometheus.CounterVec
 }
 
 var poolLabels = []string{"namespace", "workerpool"}
@@ -44,8 +46,13 @@ func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 			append(poolLabels[:2:2], "type", "status")),
 		scrapePass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "workerpool_scrape_pass_duration_seconds",
 			Help: "Time to scrape all ready pods of one pool.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
+		childWrites: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_child_writes_total",
+			Help: "Creates, updates and deletes of a pool's children. It grows only when the pool or a child changed; growth on an unchanged pool is API load the operator should not cause."},
+			append(poolLabels[:2:2], "kind", "operation")),
+		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_reconciles_total",
+			Help: "Reconcile passes that computed the pool's status."}, poolLabels),
 	}
-	for _, c := range []prometheus.Collector{m.pending, m.oldestAge, m.saturation, m.ready, m.scrapeErrors, m.condition, m.scrapePass} {
+	for _, c := range []prometheus.Collector{m.pending, m.oldestAge, m.saturation, m.ready, m.scrapeErrors, m.condition, m.scrapePass, m.childWrites, m.reconciles} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -59,6 +66,7 @@ func (m *PoolMetrics) observe(pool *v1.WorkerPool, st *v1.WorkerPoolStatus, scra
 		return
 	}
 	l := prometheus.Labels{"namespace": pool.Namespace, "workerpool": pool.Name}
+	m.reconciles.With(l).Inc()
 	m.pending.With(l).Set(float64(st.FFI.PendingEvents))
 	m.oldestAge.With(l).Set(parseAgeSeconds(st.FFI.OldestPendingAge))
 	m.saturation.With(l).Set(float64(st.Dispatch.CompletionSaturationPercent) / 100)
@@ -75,6 +83,14 @@ func (m *PoolMetrics) observe(pool *v1.WorkerPool, st *v1.WorkerPoolStatus, scra
 	}
 }
 
+// childWrite counts one create, update or delete of a pool's child.
+func (m *PoolMetrics) childWrite(pool *v1.WorkerPool, kind, operation string) {
+	if m == nil {
+		return
+	}
+	m.childWrites.WithLabelValues(pool.Namespace, pool.Name, kind, operation).Inc()
+}
+
 // forget drops a deleted pool's series, so they do not linger as stale
 // values that alerts keep firing on.
 func (m *PoolMetrics) forget(namespace, name string) {
@@ -88,6 +104,8 @@ func (m *PoolMetrics) forget(namespace, name string) {
 	m.ready.Delete(l)
 	m.scrapeErrors.Delete(l)
 	m.condition.DeletePartialMatch(l)
+	m.childWrites.DeletePartialMatch(l)
+	m.reconciles.Delete(l)
 }
 
 func parseAgeSeconds(s string) float64 {

@@ -170,6 +170,7 @@ func (r *WorkerPoolReconciler) reconcileChildren(ctx context.Context, pool *v1.W
 		if err := r.Delete(ctx, existing, client.Preconditions{UID: &existing.UID}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete PodDisruptionBudget %s: %w", pdb.Name, err)
 		}
+		r.Metrics.childWrite(pool, "PodDisruptionBudget", "deleted")
 		return nil
 	}
 	return apply(ctx, r, pool, pdb, &policyv1.PodDisruptionBudget{ObjectMeta: nameOf(pdb)}, func(existing *policyv1.PodDisruptionBudget) {
@@ -214,6 +215,7 @@ func apply[T client.Object](ctx context.Context, r *WorkerPoolReconciler, pool *
 		return fmt.Errorf("%s %s: %w", kindOf(obj), obj.GetName(), err)
 	}
 	if op != controllerutil.OperationResultNone {
+		r.Metrics.childWrite(pool, kindOf(obj), string(op))
 		ctrl.LoggerFrom(ctx).Info("child "+string(op), "kind", kindOf(obj), "name", obj.GetName())
 	}
 	return nil

@@ -129,6 +129,25 @@ func TestChildrenOfAPool(t *testing.T) {
 	if pdb.Spec.MaxUnavailable.IntValue() != 1 || pdb.Spec.Selector.MatchLabels[v1.PoolLabel] != "children" {
 		t.Errorf("pdb %+v", pdb.Spec)
 	}
+
+	// The pool is unchanged from here on: the next passes (one every
+	// status interval) must find every child as the API server stored it,
+	// defaults included, and write nothing.
+	labels := map[string]string{"namespace": operatedNS, "workerpool": "children"}
+	var writes, passes float64
+	eventually(t, "children settled", 20*time.Second, func() (bool, string) {
+		w, p := sumOperatorMetric(t, "workerpool_child_writes_total", labels), sumOperatorMetric(t, "workerpool_reconciles_total", labels)
+		settled := p > passes && w == writes && w >= 4
+		writes, passes = w, p
+		return settled, fmt.Sprintf("%v writes after %v passes", w, p)
+	})
+	eventually(t, "three more passes", 20*time.Second, func() (bool, string) {
+		p := sumOperatorMetric(t, "workerpool_reconciles_total", labels)
+		return p >= passes+3, fmt.Sprint(p)
+	})
+	if w := sumOperatorMetric(t, "workerpool_child_writes_total", labels); w != writes {
+		t.Errorf("an unchanged pool's children were written again: %v writes, %v before", w, writes)
+	}
 }
 
 // A configuration change rewrites worker.toml and changes the hash on the
@@ -219,10 +238,7 @@ func TestScaleThroughTheScaleClient(t *testing.T) {
 	if s.Spec.Replicas != 1 {
 		t.Fatalf("scale spec %+v", s.Spec)
 	}
-	s.Spec.Replicas = 4
-	if _, err := scales.Scales(operatedNS).Update(ctx(t), gr, s, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	scaleTo(t, scales, gr, "scaled", 4)
 	if got := getPool(t, wp); *got.Spec.Replicas != 4 {
 		t.Fatalf("spec.replicas %d after scaling to 4", *got.Spec.Replicas)
 	}
@@ -236,18 +252,30 @@ func TestScaleThroughTheScaleClient(t *testing.T) {
 	pdb := &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Name: "scaled", Namespace: operatedNS}}
 	waitForChild(t, pdb)
 
-	s, err = scales.Scales(operatedNS).Get(ctx(t), gr, "scaled", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Spec.Replicas = 1
-	if _, err := scales.Scales(operatedNS).Update(ctx(t), gr, s, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	scaleTo(t, scales, gr, "scaled", 1)
 	eventually(t, "PodDisruptionBudget removed at one replica", 20*time.Second, func() (bool, string) {
 		err := k8s.Get(ctx(t), keyOf(pdb), &policyv1.PodDisruptionBudget{})
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
 	})
+}
+
+// scaleTo sets replicas through the scale subresource as kubectl scale
+// and an autoscaler do, retrying when the operator's status write got in
+// between the read and the write.
+func scaleTo(t *testing.T, scales scale.ScalesGetter, gr schema.GroupResource, name string, replicas int32) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		s, err := scales.Scales(operatedNS).Get(ctx(t), gr, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		s.Spec.Replicas = replicas
+		_, err = scales.Scales(operatedNS).Update(ctx(t), gr, s, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("scale %s to %d: %v", name, replicas, err)
+	}
 }
 
 // update applies mutate to the stored pool, retrying on conflicts with the

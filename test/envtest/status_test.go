@@ -166,6 +166,32 @@ func operatorMetric(t *testing.T, name string, labels map[string]string) float64
 	return 0
 }
 
+// sumOperatorMetric adds up every series of name that carries labels (0
+// when there is none yet).
+func sumOperatorMetric(t *testing.T, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
+					continue series
+				}
+			}
+			sum += metricValue(m)
+		}
+	}
+	return sum
+}
+
 func metricValue(m *dto.Metric) float64 {
 	if m.GetGauge() != nil {
 		return m.GetGauge().GetValue()
