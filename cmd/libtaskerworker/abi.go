@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +30,7 @@ const (
 	codeOK               = 0
 	codeNoEvent          = 1
 	codeRetryLater       = 2
+	codePartial          = 3
 	codeNullArgument     = -1
 	codeInvalidUTF8      = -2
 	codeInvalidJSON      = -3
@@ -43,6 +46,7 @@ const (
 	codeBusy             = -13
 	codeStopped          = -14
 	codeDrain            = -15
+	codeInvalidArgument  = -16
 	codeInternal         = -99
 )
 
@@ -95,9 +99,14 @@ func codeOf(err error) int {
 }
 
 // errorMessage is what taskerworker_last_error reports for err on the
-// calling thread: nothing for a plain success.
+// calling thread: nothing for a plain success, a message for an error and
+// for the non-negative answers that still need explaining (RETRY_LATER,
+// PARTIAL).
 func errorMessage(err error) (string, bool) {
-	if err == nil || codeOf(err) >= 0 && err != retryLater {
+	if err == nil {
+		return "", false
+	}
+	if c := codeOf(err); c >= 0 && c != codeRetryLater && c != codePartial {
 		return "", false
 	}
 	return err.Error(), true
@@ -108,6 +117,8 @@ func version() string { return taskerworker.Version }
 // instance is a running worker. Calls load it atomically and never hold a
 // lock while they work, so a slow Complete never blocks other threads.
 type instance struct {
+	// w is the worker; nil for the benchmark event source (benchsource.go,
+	// build tag ffibench), which runs only ch and closes done when stopped.
 	w        *worker.Worker
 	ch       *ffi.Channel
 	cancel   context.CancelFunc
@@ -209,10 +220,17 @@ func stop(timeoutMs int) error {
 	if inst == nil {
 		return errNotStarted
 	}
+	return stopLocked(inst, timeoutMs)
+}
+
+// stopLocked stops inst, the running instance; lifecycle is held.
+func stopLocked(inst *instance, timeoutMs int) error {
 	drain := inst.drain
 	if timeoutMs > 0 {
 		drain = time.Duration(timeoutMs) * time.Millisecond
-		inst.w.SetDrainTimeout(drain)
+		if inst.w != nil { // nil for the ffibench event source
+			inst.w.SetDrainTimeout(drain)
+		}
 	}
 	inst.stopping.Store(true)
 	inst.cancel()
@@ -231,15 +249,22 @@ func stop(timeoutMs int) error {
 	return nil
 }
 
-func complete(inst *instance, eventID, resultJSON string) error {
-	res, err := ffi.DecodeResult([]byte(resultJSON))
+// complete delivers one result (taskerworker_complete).
+func complete(inst *instance, eventID string, resultJSON []byte) error {
+	return completeOne(inst, eventID, resultJSON, "result_json")
+}
+
+// completeOne decodes and delivers one result; what names the result in
+// messages ("result_json", "results_json[3]").
+func completeOne(inst *instance, eventID string, resultJSON []byte, what string) error {
+	res, err := ffi.DecodeResult(resultJSON)
 	switch {
 	case errors.Is(err, ffi.ErrInvalidUTF8):
-		return newError(codeInvalidUTF8, "result_json: %v", err)
+		return newError(codeInvalidUTF8, "%s: %v", what, err)
 	case errors.Is(err, ffi.ErrInvalidJSON):
-		return newError(codeInvalidJSON, "result_json: %v", err)
+		return newError(codeInvalidJSON, "%s: %v", what, err)
 	case err != nil:
-		return newError(codeInvalidResult, "result_json: %v", err)
+		return newError(codeInvalidResult, "%s: %v", what, err)
 	}
 	st, err := inst.ch.Complete(eventID, res)
 	switch st {
@@ -264,4 +289,146 @@ func complete(inst *instance, eventID, resultJSON string) error {
 		return newError(codeInvalidResult, "%v", err)
 	}
 	return internalError(fmt.Sprintf("unexpected completion status %v", st))
+}
+
+// batchRange is the accepted range of a batch size, for messages.
+var batchRange = fmt.Sprintf("1..%d", ffi.MaxBatch)
+
+// pollBatch takes up to maxEvents events without blocking (stopping at the
+// first empty poll) and encodes them as one JSON array, each element exactly
+// as taskerworker_poll encodes an event. n is how many it took; n == 0 means
+// NO_EVENT. inst nil means no worker is running (arguments are checked
+// first).
+//
+// Every event taken is already pending in the channel, so nothing here may
+// lose one: an event that cannot be encoded (which cannot happen for steps
+// from the queue, whose payloads are jsonb) is left out and stays pending
+// until it times out into a retryable ffi_timeout failure; the others are
+// still returned.
+func pollBatch(inst *instance, maxEvents int) (out []byte, n int, err error) {
+	if maxEvents < 1 || maxEvents > ffi.MaxBatch {
+		return nil, 0, newError(codeInvalidArgument, "max is %d; want %s", maxEvents, batchRange)
+	}
+	if inst == nil {
+		return nil, 0, errNotStarted
+	}
+	buf := make([]byte, 1, 256*min(maxEvents, 64))
+	buf[0] = '['
+	var lost []string
+	for polled := 0; polled < maxEvents; polled++ {
+		msg, ok := inst.ch.Poll()
+		if !ok {
+			break
+		}
+		mark := len(buf)
+		if n > 0 {
+			buf = append(buf, ',')
+		}
+		var err error
+		if buf, err = ffi.AppendEvent(buf, &msg); err != nil {
+			buf = buf[:mark]
+			lost = append(lost, msg.EventID)
+			continue
+		}
+		n++
+	}
+	if n == 0 {
+		switch {
+		case len(lost) > 0:
+			return nil, 0, internalError(fmt.Sprintf("encode events %v: they stay pending and will time out into a retry", lost))
+		case inst.stopping.Load():
+			return nil, 0, errStopped
+		}
+		return nil, 0, nil
+	}
+	return append(buf, ']'), n, nil
+}
+
+// completeBatch completes the events named by eventIDs ('\n'-separated, one
+// trailing newline ignored) with the results in the JSON array resultsJSON,
+// pairwise in order. The batch as a whole is checked first (UTF-8, array,
+// counts, size; inst nil means not started): if that fails nothing is
+// completed and the error is returned with no outcomes. Otherwise each item
+// is completed independently, exactly as taskerworker_complete would; if
+// every one was completed the result is (nil, nil), else outcomes is the
+// JSON array of per-item outcomes and err has code PARTIAL.
+//
+// Once an item is answered RETRY_LATER (the completion channel stayed full
+// for the whole send timeout) the items after it are not attempted and are
+// answered RETRY_LATER too: they stay pending, and attempting them would only
+// make the call wait one send timeout per item.
+func completeBatch(inst *instance, eventIDs string, resultsJSON []byte) (outcomes []byte, err error) {
+	if _, err := checkUTF8(eventIDs, "event_ids"); err != nil {
+		return nil, err
+	}
+	ids := splitIDs(eventIDs)
+	if len(ids) > ffi.MaxBatch {
+		return nil, newError(codeInvalidArgument, "event_ids holds %d ids; want at most %d; nothing was completed", len(ids), ffi.MaxBatch)
+	}
+	results, err := ffi.SplitResults(resultsJSON)
+	if err != nil {
+		code := codeInvalidJSON
+		if errors.Is(err, ffi.ErrInvalidUTF8) {
+			code = codeInvalidUTF8
+		}
+		return nil, newError(code, "results_json: %v; nothing was completed", err)
+	}
+	if len(ids) != len(results) {
+		return nil, newError(codeInvalidArgument, "event_ids holds %d ids but results_json holds %d results; nothing was completed", len(ids), len(results))
+	}
+	if inst == nil {
+		return nil, errNotStarted
+	}
+	errs := make([]error, len(ids))
+	failed := 0
+	full := false
+	for i, id := range ids {
+		switch {
+		case full:
+			errs[i] = batchRetryLater
+		case id == "":
+			errs[i] = newError(codeUnknownEvent, "event_ids[%d] is empty", i)
+		default:
+			errs[i] = completeOne(inst, id, results[i], "results_json["+strconv.Itoa(i)+"]")
+			full = errs[i] == retryLater
+		}
+		if errs[i] != nil {
+			failed++
+		}
+	}
+	if failed == 0 {
+		return nil, nil
+	}
+	out := make([]byte, 0, 16*len(errs)+128*failed)
+	out = append(out, '[')
+	for i, e := range errs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		if e == nil {
+			out = append(out, `{"code":0}`...)
+			continue
+		}
+		msg, _ := json.Marshal(e.Error()) // a string always encodes
+		out = append(out, `{"code":`...)
+		out = strconv.AppendInt(out, int64(codeOf(e)), 10)
+		out = append(out, `,"error":`...)
+		out = append(out, msg...)
+		out = append(out, '}')
+	}
+	out = append(out, ']')
+	return out, newError(codePartial, "%d of %d events were not completed; see outcomes_json", failed, len(errs))
+}
+
+// batchRetryLater answers the items after one answered RETRY_LATER.
+var batchRetryLater = &abiError{code: codeRetryLater, msg: "not attempted: the completion channel was full for an earlier event of this batch; the event stays pending, send it again"}
+
+// splitIDs splits '\n'-separated ids, ignoring one trailing newline; an
+// empty string holds no ids. The ids share eventIDs' memory.
+func splitIDs(eventIDs string) []string {
+	eventIDs = strings.TrimSuffix(eventIDs, "\n")
+	if eventIDs == "" {
+		return nil
+	}
+	return strings.Split(eventIDs, "\n")
 }

@@ -36,6 +36,8 @@ import "C"
 import (
 	"encoding/json"
 	"unsafe"
+
+	"github.com/seed-a17b38e7/workerpool-operator/internal/ffi"
 )
 
 func main() {} // required by -buildmode=c-shared
@@ -79,13 +81,14 @@ func taskerworker_poll(out **C.char) (code C.int) {
 		ok0()
 		return C.TASKERWORKER_NO_EVENT
 	}
-	b, err := json.Marshal(&msg)
+	b, err := ffi.AppendEvent(nil, &msg)
 	if err != nil {
-		// Cannot happen for a StepMessage; the event stays pending and
-		// times out into a retry rather than being lost.
+		// Only for a payload that is not JSON, which the queue's jsonb
+		// column cannot hold; the event stays pending and times out into a
+		// retry rather than being lost.
 		return fail(internalError("encode event: " + err.Error()))
 	}
-	*out = C.CString(string(b))
+	*out = cBytes(b)
 	return fail(nil)
 }
 
@@ -103,7 +106,55 @@ func taskerworker_complete(eventID *C.char, resultJSON *C.char) (code C.int) {
 	if err != nil {
 		return fail(err)
 	}
-	return fail(complete(inst, id, C.GoString(resultJSON)))
+	data, err := goBytes(resultJSON, ffi.MaxResultSize, "result_json")
+	if err != nil {
+		return fail(err)
+	}
+	return fail(complete(inst, id, data))
+}
+
+//export taskerworker_poll_batch
+func taskerworker_poll_batch(maxEvents C.int, out **C.char) (code C.int) {
+	defer guard(&code)
+	if out == nil {
+		return fail(errNull("events_json"))
+	}
+	*out = nil
+	b, n, err := pollBatch(running.Load(), int(maxEvents))
+	if err != nil {
+		return fail(err)
+	}
+	if n == 0 {
+		ok0()
+		return C.TASKERWORKER_NO_EVENT
+	}
+	*out = cBytes(b)
+	return fail(nil)
+}
+
+//export taskerworker_complete_batch
+func taskerworker_complete_batch(eventIDs *C.char, resultsJSON *C.char, outcomes **C.char) (code C.int) {
+	defer guard(&code)
+	switch {
+	case eventIDs == nil:
+		return fail(errNull("event_ids"))
+	case resultsJSON == nil:
+		return fail(errNull("results_json"))
+	case outcomes == nil:
+		return fail(errNull("outcomes_json"))
+	}
+	*outcomes = nil
+	// One copy of each string into Go memory: the results handed on (and
+	// possibly retained by a decoded result) never alias the caller's.
+	results, err := goBytes(resultsJSON, 4*ffi.MaxResultSize, "results_json")
+	if err != nil {
+		return fail(err)
+	}
+	out, err := completeBatch(running.Load(), C.GoString(eventIDs), results)
+	if out != nil {
+		*outcomes = cBytes(out)
+	}
+	return fail(err)
 }
 
 //export taskerworker_metrics
@@ -196,6 +247,26 @@ func optionalString(p *C.char, name string) (string, error) {
 		return "", nil
 	}
 	return checkUTF8(C.GoString(p), name)
+}
+
+// goBytes copies the NUL-terminated p into Go memory, refusing (without
+// copying) one longer than limit.
+func goBytes(p *C.char, limit int, name string) ([]byte, error) {
+	n := C.strlen(p)
+	if uint64(n) > uint64(limit) {
+		return nil, newError(codeInvalidJSON, "%s: %d bytes, the limit is %d", name, uint64(n), limit)
+	}
+	return C.GoBytes(unsafe.Pointer(p), C.int(n)), nil
+}
+
+// cBytes returns b as a NUL-terminated C string (malloc'd, for
+// taskerworker_free), copying it once.
+func cBytes(b []byte) *C.char {
+	p := C.malloc(C.size_t(len(b) + 1))
+	dst := unsafe.Slice((*byte)(p), len(b)+1)
+	copy(dst, b)
+	dst[len(b)] = 0
+	return (*C.char)(p)
 }
 
 func requiredString(p *C.char, name string) (string, error) {

@@ -15,7 +15,9 @@
 # Environment: DATABASE_URL (required); TASKER_CONFIG_PATH (a worker.toml; by
 # default the built-in one below: queue "ruby", metrics on 127.0.0.1:9091);
 # TASKERWORKER_LIB (the library; by default found in bin/ of this checkout);
-# POLLERS (polling threads, default 2).
+# POLLERS (polling threads, default 2); BATCH_SIZE (the most events one poll
+# takes, default 64; 1 turns batching off: fast handlers get batches, slow ones
+# are polled one at a time either way).
 
 $LOAD_PATH.unshift(File.expand_path("../../bindings/ruby/lib", __dir__))
 require "logger"
@@ -27,6 +29,8 @@ CONFIG = <<~TOML
   [worker.queue]
   namespaces = ["ruby"]
   poll_interval_ms = 100
+  [worker.mpsc_channels.handler_dispatch]
+  max_concurrent_handlers = 200  # steps in flight at once: room for the pollers' batches
   [worker.mpsc_channels.ffi_dispatch]
   completion_timeout_ms = 30000
   starvation_warning_threshold_ms = 5000
@@ -73,8 +77,9 @@ worker.start(config, dsn)
 stop = Queue.new
 %w[INT TERM].each { |sig| Signal.trap(sig) { stop << sig } }
 
+batch_size = Integer(ENV.fetch("BATCH_SIZE", "64"))
 pollers = Array.new(Integer(ENV.fetch("POLLERS", "2"))) do |i|
-  TaskerWorker::Poller.new(worker, registry, name: "poller-#{i}", logger: LOG).start
+  TaskerWorker::Poller.new(worker, registry, name: "poller-#{i}", logger: LOG, batch_size: batch_size).start
 end
 LOG.info("polling with #{pollers.size} threads; Ctrl-C to drain and stop")
 ticks = 0
@@ -83,7 +88,8 @@ while stop.empty?
   next unless ((ticks += 1) % 50).zero? # every 10 s
 
   m = worker.metrics
-  LOG.info("completed #{pollers.sum(&:completed)}; pending #{m['pending_count']} (oldest #{m['oldest_pending_age_ms'].inspect} ms)" \
+  LOG.info("completed #{pollers.sum(&:completed)} in #{pollers.sum(&:polls)} polls (largest batch #{pollers.map(&:largest_batch).max}); " \
+           "pending #{m['pending_count']} (oldest #{m['oldest_pending_age_ms'].inspect} ms)" \
            "#{m['starvation_detected'] ? ' STARVING' : ''}")
 end
 

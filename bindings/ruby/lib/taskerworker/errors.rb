@@ -6,6 +6,7 @@ module TaskerWorker
     OK = 0
     NO_EVENT = 1
     RETRY_LATER = 2
+    PARTIAL = 3
     ERR_NULL_ARGUMENT = -1
     ERR_INVALID_UTF8 = -2
     ERR_INVALID_JSON = -3
@@ -21,6 +22,7 @@ module TaskerWorker
     ERR_BUSY = -13
     ERR_STOPPED = -14
     ERR_DRAIN = -15
+    ERR_INVALID_ARGUMENT = -16
     ERR_INTERNAL = -99
 
     # The constant's name for a code ("ERR_NOT_STARTED"), or nil.
@@ -64,6 +66,7 @@ module TaskerWorker
   class BusyError < Error; end             # complete: another completion of this event is in progress
   class StoppedError < Error; end          # the worker is stopping; the step goes back to the queue
   class DrainError < Error; end            # stop: the drain left work behind (it will be redelivered)
+  class InvalidArgumentError < Error; end  # a number argument is out of range; the message gives the range
   class InternalError < Error; end         # a bug in the library
 
   ERRORS_BY_CODE = {
@@ -82,6 +85,7 @@ module TaskerWorker
     Status::ERR_BUSY => BusyError,
     Status::ERR_STOPPED => StoppedError,
     Status::ERR_DRAIN => DrainError,
+    Status::ERR_INVALID_ARGUMENT => InvalidArgumentError,
     Status::ERR_INTERNAL => InternalError
   }.freeze
 

@@ -11,8 +11,9 @@ module TaskerWorker
   # any bytes); strings come back as :pointer (never :string) and are read and
   # released with taskerworker_free by Native.take, the only allowed way.
   #
-  # Calls that can wait (start, stop, complete) release the GVL
-  # (blocking: true) so other Ruby threads keep running meanwhile.
+  # Calls that can wait (start, stop, complete, complete_batch) release the
+  # GVL (blocking: true) so other Ruby threads keep running meanwhile; so does
+  # poll_batch, which does not wait but may encode thousands of events.
   module Native
     extend FFI::Library
 
@@ -22,6 +23,8 @@ module TaskerWorker
       taskerworker_stop: [%i[int], :int, { blocking: true }],
       taskerworker_poll: [%i[pointer], :int, {}],
       taskerworker_complete: [%i[string string], :int, { blocking: true }],
+      taskerworker_poll_batch: [%i[int pointer], :int, { blocking: true }],
+      taskerworker_complete_batch: [%i[string string pointer], :int, { blocking: true }],
       taskerworker_metrics: [%i[pointer], :int, {}],
       taskerworker_check_starvation: [%i[pointer], :int, {}],
       taskerworker_cleanup_timeouts: [%i[pointer], :int, {}],

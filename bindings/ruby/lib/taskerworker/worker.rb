@@ -12,6 +12,9 @@ module TaskerWorker
   # Failures raise TaskerWorker::Error subclasses carrying the header's code
   # and the library's message.
   class Worker
+    # The most events one poll_batch may take and one complete_batch may carry.
+    MAX_BATCH = 4096
+
     attr_reader :native
 
     def initialize(library: nil)
@@ -79,6 +82,45 @@ module TaskerWorker
       raise @native.error(code, "taskerworker_complete")
     end
 
+    # Up to max (1..MAX_BATCH) step events in one call, as the raw JSON
+    # array (oldest first), or nil when there is none. Every event is pending
+    # until completed, as if polled alone. An out-of-range max raises
+    # InvalidArgumentError (the library checks the range).
+    def poll_batch_json(max)
+      code, raw = call_with_out(:taskerworker_poll_batch, Integer(max))
+      code == Status::OK ? raw : nil
+    end
+
+    # Up to max step events without blocking: an Array of event Hashes as poll
+    # gives them, oldest first; empty when there is nothing to do right now.
+    def poll_batch(max)
+      raw = poll_batch_json(max)
+      raw ? JSON.parse(raw) : []
+    end
+
+    # Complete several polled events in one call. items: [event_id, result]
+    # pairs (an Array, or a Hash of event_id => result); a String result is
+    # sent as is (JSON), anything else is serialised with JSON.generate first.
+    #
+    # Returns one outcome per item, in order: true (completed), false (the
+    # completion channel is full: the event stays pending, send that one
+    # again later) or the TaskerWorker::Error the library refused that one
+    # with (e.g. UnknownEventError, InvalidResultError). A refusal of the call
+    # as a whole (nothing was completed: not started, stopped, a batch too
+    # large...) raises instead.
+    def complete_batch(items)
+      raise ArgumentError, "items must be [event_id, result] pairs, got nil" if items.nil?
+
+      ids, results, count = batch_arguments(items)
+      return [] if count.zero?
+
+      code, raw = call_with_out(:taskerworker_complete_batch, ids, results)
+      return Array.new(count, true) if code == Status::OK
+      return outcomes(raw, count) if code == Status::PARTIAL
+
+      raise Error.for(Status::ERR_INTERNAL, "unexpected status #{code}", "taskerworker_complete_batch")
+    end
+
     # FFI channel metrics: "pending_count", "oldest_pending_age_ms",
     # "newest_pending_age_ms", "oldest_event_id", "starvation_detected",
     # "starving_event_count".
@@ -114,6 +156,65 @@ module TaskerWorker
 
       raw = @native.take(out.read_pointer)
       raw && JSON.parse(raw)
+    end
+
+    # Call fn(*args, out) where out receives a library string. Returns
+    # [code, string or nil]; raises for a negative code. Whatever out holds
+    # is freed, whatever the code (the header says NULL on failure, but a
+    # string must never leak), and only after last_error was read, so the
+    # message is the failing call's.
+    def call_with_out(fn, *args)
+      out = FFI::MemoryPointer.new(:pointer) # zeroed: NULL unless the library writes it
+      code = @native.public_send(fn, *args, out)
+      error = @native.error(code, fn.to_s) if code.negative?
+      raw = @native.take(out.read_pointer)
+      raise error if error
+
+      [code, raw]
+    end
+
+    # The '\n'-joined ids and the JSON array of results for complete_batch,
+    # built as bytes so ids and results are passed untouched even when they
+    # are not valid UTF-8: the library judges them (an id that is not UTF-8
+    # refuses the whole call, a result only its own item).
+    def batch_arguments(items)
+      ids = String.new # binary
+      results = "[".b
+      count = 0
+      items.each do |event_id, result|
+        raise ArgumentError, "item #{count}: event_id is nil" if event_id.nil?
+        raise ArgumentError, "item #{count}: result is nil" if result.nil?
+
+        id = cstr(event_id).b
+        # A newline would split the id in two and misalign ids and results.
+        raise ArgumentError, "item #{count}: event_id #{id.inspect} contains a newline" if id.include?("\n")
+
+        unless count.zero?
+          ids << "\n"
+          results << ","
+        end
+        ids << id
+        results << (result.is_a?(String) ? result : JSON.generate(result)).b
+        count += 1
+      end
+      [ids, results << "]", count]
+    end
+
+    # The per-item outcomes of a PARTIAL complete_batch.
+    def outcomes(raw, count)
+      list = raw && JSON.parse(raw)
+      unless list.is_a?(Array) && list.size == count
+        raise Error.for(Status::ERR_INTERNAL, "PARTIAL with #{list.inspect} as outcomes of #{count} items",
+                        "taskerworker_complete_batch")
+      end
+
+      list.map do |o|
+        case o["code"]
+        when Status::OK then true
+        when Status::RETRY_LATER then false
+        else Error.for(o["code"], o["error"], "taskerworker_complete_batch")
+        end
+      end
     end
 
     # A value for a char* parameter: nil stays NULL; a String's bytes pass
