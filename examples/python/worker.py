@@ -13,7 +13,9 @@ polls for steps until SIGINT/SIGTERM, then drains.
 Environment: DATABASE_URL (required); TASKER_CONFIG_PATH (a worker.toml; by
 default the built-in one below: queue "python", metrics on 127.0.0.1:9090);
 TASKERWORKER_LIB (the library; by default found in bin/ of this checkout);
-POLLERS (polling threads, default 2).
+POLLERS (polling threads, default 2); BATCH_SIZE (most events per poll,
+default 64; the poller sizes each poll by the handlers' speed, and 1 turns
+batching off).
 """
 
 import logging
@@ -87,13 +89,16 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
-    pollers = [Poller(worker, registry, name=f"poller-{i}").start() for i in range(int(os.environ.get("POLLERS", "2")))]
+    batch_size = int(os.environ.get("BATCH_SIZE", "64"))
+    pollers = [Poller(worker, registry, name=f"poller-{i}", batch_size=batch_size).start()
+               for i in range(int(os.environ.get("POLLERS", "2")))]
     log.info("polling with %d threads; Ctrl-C to drain and stop", len(pollers))
     while not stop.wait(10):
         m = worker.metrics()
         done = sum(p.completed for p in pollers)
-        log.info("completed %d; pending %d (oldest %s ms)%s", done, m["pending_count"], m["oldest_pending_age_ms"],
-                 " STARVING" if m["starvation_detected"] else "")
+        batches = sum(p.batches for p in pollers)
+        log.info("completed %d in %d batches; pending %d (oldest %s ms)%s", done, batches, m["pending_count"],
+                 m["oldest_pending_age_ms"], " STARVING" if m["starvation_detected"] else "")
 
     log.info("stopping: finishing the steps in hand, returning the rest to the queue")
     for p in pollers:

@@ -28,6 +28,7 @@ from .errors import (
     DatabaseError,
     DrainError,
     InternalError,
+    InvalidArgumentError,
     InvalidJSONError,
     InvalidResultError,
     InvalidUTF8Error,
@@ -70,5 +71,5 @@ __all__ = [
     "Status", "TaskerWorkerError", "LibraryNotFoundError", "NullArgumentError", "InvalidUTF8Error",
     "InvalidJSONError", "NotStartedError", "AlreadyStartedError", "ConfigError", "DatabaseError",
     "UnknownEventError", "AlreadyCompletedError", "TimedOutError", "StepMismatchError",
-    "InvalidResultError", "BusyError", "StoppedError", "DrainError", "InternalError",
+    "InvalidResultError", "BusyError", "StoppedError", "DrainError", "InvalidArgumentError", "InternalError",
 ]

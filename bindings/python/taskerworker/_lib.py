@@ -21,6 +21,7 @@ LIB_NAME = "libtaskerworker.so"
 c_char_p = ctypes.c_char_p
 c_int = ctypes.c_int
 c_void_p = ctypes.c_void_p
+c_longlong = ctypes.c_longlong
 
 # name: (argtypes, restype), exactly as taskerworker.h declares them.
 SIGNATURES = {
@@ -28,6 +29,8 @@ SIGNATURES = {
     "taskerworker_stop": ([c_int], c_int),
     "taskerworker_poll": ([ctypes.POINTER(c_void_p)], c_int),
     "taskerworker_complete": ([c_char_p, c_char_p], c_int),
+    "taskerworker_poll_batch": ([c_int, ctypes.POINTER(c_void_p)], c_int),
+    "taskerworker_complete_batch": ([c_char_p, c_char_p, ctypes.POINTER(c_void_p)], c_int),
     "taskerworker_metrics": ([ctypes.POINTER(c_void_p)], c_int),
     "taskerworker_check_starvation": ([ctypes.POINTER(c_void_p)], c_int),
     "taskerworker_cleanup_timeouts": ([ctypes.POINTER(c_int)], c_int),
@@ -36,10 +39,20 @@ SIGNATURES = {
     "taskerworker_free": ([c_void_p], None),
 }
 
+# Declared only when the loaded library exports them: the in-memory event
+# source of a benchmark build (go build -tags ffibench), absent from
+# production libraries.
+OPTIONAL_SIGNATURES = {
+    "taskerworker_bench_start": ([c_longlong], c_int),
+    "taskerworker_bench_stop": ([ctypes.POINTER(c_longlong)], c_int),
+}
+
 
 class Library:
     """The loaded library: raw ctypes functions as attributes (``lib.taskerworker_poll``)
-    plus helpers that follow the header's memory and error rules."""
+    plus helpers that follow the header's memory and error rules. Functions of
+    OPTIONAL_SIGNATURES are attributes only when the library has them
+    (``hasattr(lib, "taskerworker_bench_start")``)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -47,11 +60,15 @@ class Library:
             self.cdll = ctypes.CDLL(path)
         except OSError as e:
             raise LibraryNotFoundError(f"cannot load {path}: {e}") from e
-        for name, (argtypes, restype) in SIGNATURES.items():
-            fn = getattr(self.cdll, name)
-            fn.argtypes = argtypes
-            fn.restype = restype
-            setattr(self, name, fn)
+        missing = [name for name in SIGNATURES if not hasattr(self.cdll, name)]
+        if missing:  # an older build: say so rather than fail on first use
+            raise LibraryNotFoundError(f"{path} lacks {', '.join(missing)}: rebuild it from this checkout")
+        for name, (argtypes, restype) in (*SIGNATURES.items(), *OPTIONAL_SIGNATURES.items()):
+            if hasattr(self.cdll, name):
+                fn = getattr(self.cdll, name)
+                fn.argtypes = argtypes
+                fn.restype = restype
+                setattr(self, name, fn)
         self._free = self.taskerworker_free
 
     def take(self, ptr) -> str | None:
@@ -156,4 +173,4 @@ def to_c(value, name: str = "argument") -> bytes | None:
     raise TypeError(f"{name}: want str, bytes or None, got {type(value).__name__}")
 
 
-__all__ = ["Library", "load_library", "candidates", "to_c", "Status", "SIGNATURES", "ENV_LIB"]
+__all__ = ["Library", "load_library", "candidates", "to_c", "Status", "SIGNATURES", "OPTIONAL_SIGNATURES", "ENV_LIB"]

@@ -11,6 +11,7 @@ class Status(enum.IntEnum):
     OK = 0
     NO_EVENT = 1
     RETRY_LATER = 2
+    PARTIAL = 3
     ERR_NULL_ARGUMENT = -1
     ERR_INVALID_UTF8 = -2
     ERR_INVALID_JSON = -3
@@ -26,6 +27,7 @@ class Status(enum.IntEnum):
     ERR_BUSY = -13
     ERR_STOPPED = -14
     ERR_DRAIN = -15
+    ERR_INVALID_ARGUMENT = -16
     ERR_INTERNAL = -99
 
 
@@ -40,6 +42,7 @@ class TaskerWorkerError(Exception):
     OK = Status.OK
     NO_EVENT = Status.NO_EVENT
     RETRY_LATER = Status.RETRY_LATER
+    PARTIAL = Status.PARTIAL
     NULL_ARGUMENT = Status.ERR_NULL_ARGUMENT
     INVALID_UTF8 = Status.ERR_INVALID_UTF8
     INVALID_JSON = Status.ERR_INVALID_JSON
@@ -55,6 +58,7 @@ class TaskerWorkerError(Exception):
     BUSY = Status.ERR_BUSY
     STOPPED = Status.ERR_STOPPED
     DRAIN = Status.ERR_DRAIN
+    INVALID_ARGUMENT = Status.ERR_INVALID_ARGUMENT
     INTERNAL = Status.ERR_INTERNAL
 
     def __new__(cls, code: int, message: str | None = None, *args, **kwargs):
@@ -138,6 +142,10 @@ class DrainError(TaskerWorkerError):
     """stop: the drain left work behind (it will be redelivered)."""
 
 
+class InvalidArgumentError(TaskerWorkerError):
+    """A number argument is out of range (a batch size outside 1..4096); the message gives the range."""
+
+
 class InternalError(TaskerWorkerError):
     """A bug in the library; the message says what happened."""
 
@@ -158,6 +166,7 @@ _BY_CODE = {
     Status.ERR_BUSY: BusyError,
     Status.ERR_STOPPED: StoppedError,
     Status.ERR_DRAIN: DrainError,
+    Status.ERR_INVALID_ARGUMENT: InvalidArgumentError,
     Status.ERR_INTERNAL: InternalError,
 }
 

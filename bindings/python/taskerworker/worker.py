@@ -13,6 +13,7 @@ from .errors import Status, TaskerWorkerError
 _OK = Status.OK
 _NO_EVENT = Status.NO_EVENT
 _RETRY_LATER = Status.RETRY_LATER
+_PARTIAL = Status.PARTIAL
 
 from .handlers import _encode as _dumps  # compact, strict JSON (no NaN)
 _loads = json.loads
@@ -39,6 +40,8 @@ class Worker:
         l = self.lib
         self._poll = l.taskerworker_poll
         self._complete = l.taskerworker_complete
+        self._poll_batch = l.taskerworker_poll_batch
+        self._complete_batch = l.taskerworker_complete_batch
         self._free = l.taskerworker_free
         self._local = threading.local()
 
@@ -128,6 +131,82 @@ class Worker:
             return False
         raise self.lib.error(code, "taskerworker_complete")
 
+    # -- batches -----------------------------------------------------------
+    #
+    # One ctypes call moves many events, which amortises the crossing. Every
+    # event of a batch is pending from the poll on, exactly as if polled
+    # alone: poll no more than can be run before the starvation threshold.
+
+    def poll_batch_json(self, max: int) -> bytes | None:
+        """Up to ``max`` (1..4096) step events, oldest first, as the raw JSON
+        array bytes; None when there is none. Out-of-range ``max`` raises
+        InvalidArgumentError naming the range."""
+        out = self._out()
+        code = self._poll_batch(max, ctypes.byref(out))
+        if code == _OK:
+            ptr = out.value
+            try:
+                return _string_at(ptr)
+            finally:
+                self._free(ptr)
+        if code == _NO_EVENT:
+            return None
+        raise self.lib.error(code, "taskerworker_poll_batch")
+
+    def poll_batch(self, max: int) -> list[dict]:
+        """Up to ``max`` (1..4096) step events (dicts as poll() gives them),
+        oldest first; an empty list when there is nothing to do right now."""
+        raw = self.poll_batch_json(max)
+        if raw is None:
+            return []
+        try:
+            return _scan(raw.decode("utf-8"), 0)[0]
+        except (StopIteration, ValueError):
+            return _loads(raw)  # not expected: let json report what is wrong
+
+    def complete_batch(self, items) -> list:
+        """Complete several polled events in one call. ``items`` is a sequence
+        of (event_id, result_json) pairs, the result already serialised (bytes
+        or str, as complete_json takes it; HandlerRegistry.execute_json gives
+        them).
+
+        Returns one outcome per item, in order: True (completed), False (the
+        completion channel was full: the event stays pending, send it again
+        later) or the TaskerWorkerError the library answered for that item
+        (unknown, already completed, invalid result...: not completed).
+        Raises when the call as a whole was refused (nothing was completed),
+        e.g. StoppedError, NotStartedError, or more than 4096 items."""
+        if not items:  # nothing to send, nothing to ask the library
+            return []
+        ids, results = zip(*items)
+        try:
+            joined = "\n".join(ids).encode("utf-8", "surrogateescape")
+        except TypeError:  # bytes (or None) among the ids
+            joined = b"\n".join(to_c(i, "event_id") for i in ids)
+        try:
+            array = b"[" + b",".join(results) + b"]"
+        except TypeError:  # str results
+            array = b"[" + b",".join(to_c(r, "result_json") for r in results) + b"]"
+        if joined.count(b"\n") != len(ids) - 1:
+            # The library would see another number of ids than of results.
+            raise ValueError("an event id contains a newline")
+        return self.complete_batch_json(joined, array)
+
+    def complete_batch_json(self, event_ids, results_json) -> list:
+        """complete_batch() with the arguments as the C ABI takes them: the
+        event ids joined by newlines and the results as one JSON array (str
+        or bytes, sent as is). Returns one outcome per id, as complete_batch."""
+        ids = to_c(event_ids, "event_ids")
+        out = self._out()
+        code = self._complete_batch(ids, to_c(results_json, "results_json"), ctypes.byref(out))
+        if code == _OK:
+            return [True] * _count_ids(ids)
+        if code != _PARTIAL:
+            raise self.lib.error(code, "taskerworker_complete_batch")
+        return [True if o["code"] == _OK else False if o["code"] == _RETRY_LATER
+                else TaskerWorkerError(o["code"], o.get("error"), "taskerworker_complete_batch")
+                for o in _loads(self.lib.take(out))]
+
     # -- observation -------------------------------------------------------
 
     def _json_out(self, fn, name):
@@ -160,6 +239,14 @@ class Worker:
     def version(self) -> str:
         """The library version."""
         return self.lib.version()
+
+
+def _count_ids(ids: bytes) -> int:
+    """How many ids the library reads in newline-joined ids: one trailing
+    newline is ignored and an empty string holds none."""
+    if ids.endswith(b"\n"):
+        ids = ids[:-1]
+    return ids.count(b"\n") + 1 if ids else 0
 
 
 def version(library: Library | str | os.PathLike | None = None) -> str:
