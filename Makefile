@@ -140,11 +140,12 @@ bench: test-deps build envtest ## Run the benchmarks behind docs/benchmarks.md (
 	bash hack/bench-ratio.sh ./internal/dispatch Dispatch BarePipeline 10 300000x
 	$(GO) test -run='^$$' -bench=. -benchmem ./internal/queue/
 	$(GO) test -run='^$$' -bench='^BenchmarkDispatch$$' -benchtime=300000x -count=3 ./internal/dispatch/
-	$(GO) test -run='^$$' -bench=PollComplete -benchtime=30000x -count=5 ./internal/ffi/
-	$(GO) test -run='^$$' -bench=RoundTrip -benchtime=30000x -count=3 ./bindings/
+	$(GO) test -run='^$$' -bench='DecodeResult|EncodeEvent' -benchtime=100000x -count=3 ./internal/ffi/
+	$(GO) test -run='^$$' -bench=PollComplete -benchtime=100000x -count=3 ./internal/ffi/
+	$(GO) test -run='^$$' -bench=RoundTrip -benchtime=100000x -count=3 ./bindings/
 	@echo "Past 65536 completions (FFI settled-memory compaction, docs/benchmarks.md):"
 	$(GO) test -run='^$$' -bench=PollComplete/struct -benchtime=200000x ./internal/ffi/
-	$(GO) test -run='^$$' -bench=RoundTrip/c -benchtime=200000x ./bindings/
+	$(GO) test -run='^$$' -bench='RoundTrip/c/' -benchtime=200000x ./bindings/
 	@echo "Worker runtime on PostgreSQL (end-to-end steps/s vs pgbench, NOTIFY latency, RSS; docs/benchmarks.md):"
 	bash hack/bench-worker.sh 200000 5000 3
 	@echo "Operator: one status pass over 500 pods (ScrapeAll vs plain GETs, interleaved; docs/benchmarks.md):"

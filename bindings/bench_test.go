@@ -18,25 +18,52 @@ import (
 )
 
 // BenchmarkRoundTrip measures poll + complete round trips through
-// libtaskerworker.so against a real worker on a deep backlog (b.N noop steps
-// preloaded into a fresh database, claimed into a large dispatch channel):
+// libtaskerworker.so, from C and from one Python thread, one event per call
+// and in batches (taskerworker_poll_batch / taskerworker_complete_batch),
+// against two event sources:
 //
-//   - c: bindings/c/roundtrip_bench.c, a C program linked against the
-//     library (cgo exports cannot be called from a Go test, and a second Go
-//     runtime cannot be loaded into this one): the floor under every binding.
-//   - python: bindings/python/bench.py from one Python thread, two paths:
-//     "binding" (Worker.poll -> HandlerRegistry.execute -> Worker.complete)
-//     and "raw" (poll_json/complete_json with a preformatted result).
+//   - queue: a real worker on a deep backlog (b.N noop steps preloaded into a
+//     fresh database, claimed into a large dispatch channel). Its events/s
+//     can never pass what PostgreSQL claims and settles end to end.
+//   - memory: the library built with -tags ffibench, whose DB-free source
+//     feeds no-op events into the same FFI channel that poll and complete
+//     use (cmd/libtaskerworker/benchsource.go). This isolates what the C ABI
+//     and the bindings cost.
+//
+// The paths:
+//   - c, c-batch: bindings/c/roundtrip_bench.c, a C program linked against
+//     the library (cgo exports cannot be called from a Go test, and a second
+//     Go runtime cannot be loaded into this one): the floor under every
+//     binding.
+//   - python: bindings/python/bench.py, "binding" (what Poller does per
+//     event or per batch: decode the events, run the handler, encode the
+//     results, complete) and "raw-" (preformatted results: the floor of
+//     ctypes plus the C ABI).
 //
 // Only round trips are timed (a poll that finds the dispatch channel empty
-// while the queue refills it is not). ns/op is the mean round trip; p50-µs
-// and events/s (1 / mean) are reported too. docs/benchmarks.md compares them
-// with BenchmarkPollComplete in internal/ffi (the same round trip in Go).
+// while the queue refills it is not). In a batch, each event's time is the
+// batch's time divided by its events. ns/op is the mean; p50-µs and
+// events/s (1 / mean) are reported too. docs/benchmarks.md compares them with
+// BenchmarkPollComplete in internal/ffi (the same round trip in Go).
 //
 //	go test -run='^$' -bench=RoundTrip -benchtime=60000x ./bindings/
 func BenchmarkRoundTrip(b *testing.B) {
-	b.Run("c", benchC)
-	b.Run("python", benchPython)
+	for _, batch := range []int{1, 64} {
+		name := "c"
+		if batch > 1 {
+			name = fmt.Sprintf("c-batch%d", batch)
+		}
+		b.Run(name+"/queue", func(b *testing.B) { benchC(b, batch) })
+		b.Run(name+"/memory", func(b *testing.B) { benchCMemory(b, batch) })
+	}
+	for _, batch := range []int{1, 64} {
+		name := "python"
+		if batch > 1 {
+			name = fmt.Sprintf("python-batch%d", batch)
+		}
+		b.Run(name+"/queue", func(b *testing.B) { benchPython(b, batch, "db") })
+		b.Run(name+"/memory", func(b *testing.B) { benchPython(b, batch, "memory") })
+	}
 }
 
 // benchConfig mirrors config() in bindings/python/bench.py.
@@ -68,6 +95,11 @@ var (
 	cBenchOnce sync.Once
 	cBenchBin  string
 	cBenchErr  error
+
+	memLibOnce sync.Once
+	memLib     string
+	memBench   string
+	memLibErr  error
 )
 
 // buildCBench compiles bindings/c/roundtrip_bench.c against the library.
@@ -79,16 +111,46 @@ func buildCBench(b *testing.B) string {
 			return
 		}
 		cBenchBin = filepath.Join(dir, "roundtrip_bench")
-		cmd := exec.Command("gcc", "-O2", "-Wall", "-o", cBenchBin, filepath.Join(repoRoot, "bindings", "c", "roundtrip_bench.c"),
-			"-I", filepath.Join(repoRoot, "cmd", "libtaskerworker"), libPath, "-Wl,-rpath,"+filepath.Dir(libPath))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			cBenchErr = fmt.Errorf("gcc: %v\n%s", err, out)
-		}
+		cBenchErr = compileCBench(cBenchBin, libPath)
 	})
 	if cBenchErr != nil {
 		b.Fatal(cBenchErr)
 	}
 	return cBenchBin
+}
+
+// buildMemoryBench builds the library with its DB-free source (-tags
+// ffibench) and the C program against it.
+func buildMemoryBench(b *testing.B) (lib, bin string) {
+	memLibOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "roundtrip-bench-memory")
+		if err != nil {
+			memLibErr = err
+			return
+		}
+		memLib = filepath.Join(dir, "libtaskerworker.so")
+		cmd := exec.Command("go", "build", "-tags", "ffibench", "-buildmode=c-shared", "-o", memLib, "./cmd/libtaskerworker")
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			memLibErr = fmt.Errorf("go build -tags ffibench: %v\n%s", err, out)
+			return
+		}
+		memBench = filepath.Join(dir, "roundtrip_bench")
+		memLibErr = compileCBench(memBench, memLib)
+	})
+	if memLibErr != nil {
+		b.Fatal(memLibErr)
+	}
+	return memLib, memBench
+}
+
+func compileCBench(bin, lib string) error {
+	cmd := exec.Command("gcc", "-O2", "-Wall", "-o", bin, filepath.Join(repoRoot, "bindings", "c", "roundtrip_bench.c"),
+		"-I", filepath.Join(repoRoot, "cmd", "libtaskerworker"), lib, "-Wl,-rpath,"+filepath.Dir(lib))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("gcc: %v\n%s", err, out)
+	}
+	return nil
 }
 
 func benchEnv(dsn string) []string {
@@ -129,9 +191,12 @@ func resultLines(b *testing.B, out string) map[string]map[string]float64 {
 		path := ""
 		for _, p := range f[1:] {
 			k, v, _ := strings.Cut(p, "=")
-			if k == "path" {
+			switch k {
+			case "path":
 				path = v
 				continue
+			case "source":
+				continue // text; the caller chose it
 			}
 			x, err := strconv.ParseFloat(v, 64)
 			if err != nil {
@@ -157,7 +222,7 @@ func report(b *testing.B, prefix string, r map[string]float64) {
 	b.ReportMetric(r["events_per_s"], prefix+"events/s")
 }
 
-func benchC(b *testing.B) {
+func benchC(b *testing.B, batch int) {
 	bin := buildCBench(b)
 	dsn := pgtest.NewDatabase(b)
 	env := benchEnv(dsn)
@@ -165,20 +230,52 @@ func benchC(b *testing.B) {
 	runBench(b, env, workerBin, "migrate")
 	runBench(b, env, workerBin, "enqueue", "--queue", queue, "--handler", "noop", "--count", strconv.Itoa(b.N))
 	b.ResetTimer()
-	out := runBench(b, env, bin, benchConfig(queue, 100000), strconv.Itoa(b.N))
+	out := runBench(b, env, bin, benchConfig(queue, 100000), strconv.Itoa(b.N), strconv.Itoa(batch))
 	b.StopTimer()
-	report(b, "", resultLines(b, out)["c"])
+	report(b, "", onlyResult(b, out))
 }
 
-func benchPython(b *testing.B) {
-	if _, err := exec.LookPath("python3"); err != nil {
-		b.Skip("python3 not on PATH")
-	}
-	dsn := pgtest.NewDatabase(b)
-	env := benchEnv(dsn)
+func benchCMemory(b *testing.B, batch int) {
+	_, bin := buildMemoryBench(b)
 	b.ResetTimer()
-	out := runBench(b, env, "python3", filepath.Join(repoRoot, "bindings", "python", "bench.py"),
-		"--count", strconv.Itoa(max(2*b.N, 2)), "--queue", "bench_py", "--worker-bin", workerBin)
+	out := runBench(b, os.Environ(), bin, "memory", strconv.Itoa(b.N), strconv.Itoa(batch))
+	b.StopTimer()
+	report(b, "", onlyResult(b, out))
+}
+
+// onlyResult is the single RESULT line of the C program.
+func onlyResult(b *testing.B, out string) map[string]float64 {
+	b.Helper()
+	res := resultLines(b, out)
+	if len(res) != 1 {
+		b.Fatalf("want one RESULT line:\n%s", out)
+	}
+	for _, r := range res {
+		return r
+	}
+	return nil
+}
+
+func benchPython(b *testing.B, batch int, source string) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		b.Fatalf("python3 not on PATH: %v", err)
+	}
+	args := []string{filepath.Join(repoRoot, "bindings", "python", "bench.py"),
+		"--count", strconv.Itoa(max(2*b.N, 2*batch)), "--source", source}
+	if batch > 1 {
+		args = append(args, "--batch", strconv.Itoa(batch))
+	}
+	var env []string
+	if source == "memory" {
+		lib, _ := buildMemoryBench(b)
+		env = append(os.Environ(), "TASKERWORKER_LIB="+lib)
+		args = append(args, "--lib", lib)
+	} else {
+		env = benchEnv(pgtest.NewDatabase(b))
+		args = append(args, "--queue", "bench_py", "--worker-bin", workerBin)
+	}
+	b.ResetTimer()
+	out := runBench(b, env, "python3", args...)
 	b.StopTimer()
 	r := resultLines(b, out)
 	report(b, "", r["binding"])
