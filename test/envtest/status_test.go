@@ -142,39 +142,36 @@ func scrapeErrorsMetric(t *testing.T, pool string) float64 {
 	return operatorMetric(t, "workerpool_scrape_errors_total", map[string]string{"workerpool": pool})
 }
 
+// operatorMetric is the first series of name that carries labels.
 func operatorMetric(t *testing.T, name string, labels map[string]string) float64 {
 	t.Helper()
-	families, err := ctrlmetrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
+	series := operatorSeries(t, name, labels)
+	if len(series) == 0 {
+		t.Fatalf("no %s%v in the operator's registry", name, labels)
 	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range f.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
-					continue series
-				}
-			}
-			return metricValue(m)
-		}
-	}
-	t.Fatalf("no %s%v in the operator's registry", name, labels)
-	return 0
+	return metricValue(series[0])
 }
 
 // sumOperatorMetric adds up every series of name that carries labels (0
 // when there is none yet).
 func sumOperatorMetric(t *testing.T, name string, labels map[string]string) float64 {
 	t.Helper()
+	sum := 0.0
+	for _, m := range operatorSeries(t, name, labels) {
+		sum += metricValue(m)
+	}
+	return sum
+}
+
+// operatorSeries gathers the operator's registry and keeps the series of
+// name whose labels include labels.
+func operatorSeries(t *testing.T, name string, labels map[string]string) []*dto.Metric {
+	t.Helper()
 	families, err := ctrlmetrics.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := 0.0
+	var out []*dto.Metric
 	for _, f := range families {
 		if f.GetName() != name {
 			continue
@@ -186,10 +183,10 @@ func sumOperatorMetric(t *testing.T, name string, labels map[string]string) floa
 					continue series
 				}
 			}
-			sum += metricValue(m)
+			out = append(out, m)
 		}
 	}
-	return sum
+	return out
 }
 
 func metricValue(m *dto.Metric) float64 {

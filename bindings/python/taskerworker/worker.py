@@ -91,7 +91,11 @@ class Worker:
     def poll_json(self) -> bytes | None:
         """The next step event as raw JSON bytes, or None when there is none."""
         out = self._out()
-        code = self._poll(ctypes.byref(out))
+        return self._polled(self._poll(ctypes.byref(out)), out, "taskerworker_poll")
+
+    def _polled(self, code: int, out: ctypes.c_void_p, function: str) -> bytes | None:
+        """The bytes a poll call left in out (freed here), None for NO_EVENT,
+        or the call's error."""
         if code == _OK:
             ptr = out.value
             try:
@@ -100,7 +104,7 @@ class Worker:
                 self._free(ptr)
         if code == _NO_EVENT:
             return None
-        raise self.lib.error(code, "taskerworker_poll")
+        raise self.lib.error(code, function)
 
     def poll(self) -> dict | None:
         """Take the next step event without blocking: a dict with event_id,
@@ -142,16 +146,7 @@ class Worker:
         array bytes; None when there is none. Out-of-range ``max`` raises
         InvalidArgumentError naming the range."""
         out = self._out()
-        code = self._poll_batch(max, ctypes.byref(out))
-        if code == _OK:
-            ptr = out.value
-            try:
-                return _string_at(ptr)
-            finally:
-                self._free(ptr)
-        if code == _NO_EVENT:
-            return None
-        raise self.lib.error(code, "taskerworker_poll_batch")
+        return self._polled(self._poll_batch(max, ctypes.byref(out)), out, "taskerworker_poll_batch")
 
     def poll_batch(self, max: int) -> list[dict]:
         """Up to ``max`` (1..4096) step events (dicts as poll() gives them),
