@@ -251,19 +251,25 @@ func stopLocked(inst *instance, timeoutMs int) error {
 
 // complete delivers one result (taskerworker_complete).
 func complete(inst *instance, eventID string, resultJSON []byte) error {
-	return completeOne(inst, eventID, resultJSON, "result_json")
+	return completeOne(inst, eventID, resultJSON, -1)
 }
 
-// completeOne decodes and delivers one result; what names the result in
-// messages ("result_json", "results_json[3]").
-func completeOne(inst *instance, eventID string, resultJSON []byte, what string) error {
+// completeOne decodes and delivers one result: item is its index in a
+// batch, or -1 for a single complete, and names it in messages
+// ("results_json[3]", "result_json"); the name is built only for an error.
+func completeOne(inst *instance, eventID string, resultJSON []byte, item int) error {
 	res, err := ffi.DecodeResult(resultJSON)
-	switch {
-	case errors.Is(err, ffi.ErrInvalidUTF8):
-		return newError(codeInvalidUTF8, "%s: %v", what, err)
-	case errors.Is(err, ffi.ErrInvalidJSON):
-		return newError(codeInvalidJSON, "%s: %v", what, err)
-	case err != nil:
+	if err != nil {
+		what := "result_json"
+		if item >= 0 {
+			what = "results_json[" + strconv.Itoa(item) + "]"
+		}
+		switch {
+		case errors.Is(err, ffi.ErrInvalidUTF8):
+			return newError(codeInvalidUTF8, "%s: %v", what, err)
+		case errors.Is(err, ffi.ErrInvalidJSON):
+			return newError(codeInvalidJSON, "%s: %v", what, err)
+		}
 		return newError(codeInvalidResult, "%s: %v", what, err)
 	}
 	st, err := inst.ch.Complete(eventID, res)
@@ -389,7 +395,7 @@ func completeBatch(inst *instance, eventIDs string, resultsJSON []byte) (outcome
 		case id == "":
 			errs[i] = newError(codeUnknownEvent, "event_ids[%d] is empty", i)
 		default:
-			errs[i] = completeOne(inst, id, results[i], "results_json["+strconv.Itoa(i)+"]")
+			errs[i] = completeOne(inst, id, results[i], i)
 			full = errs[i] == retryLater
 		}
 		if errs[i] != nil {
