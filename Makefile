@@ -127,6 +127,7 @@ test: export TASKERWORKER_LIB := $(BIN)/libtaskerworker.so
 .PHONY: test
 test: test-deps verify-generated verify-chart build envtest ## Run the whole test suite with -race, then fuzz the config parser and the FFI result decoders briefly
 	KUBEBUILDER_ASSETS="$$(bash hack/build-envtest.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -tags ffibench ./cmd/libtaskerworker/ # the benchmarks' DB-free event source
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/config/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeResult -fuzztime=10s ./internal/ffi/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeFastMatchesStd -fuzztime=10s ./internal/ffi/
