@@ -21,7 +21,7 @@ func (w *Worker) intake(ctx context.Context) {
 	for ctx.Err() == nil {
 		room := w.room()
 		if room > 0 {
-			steps, err := w.queue.Claim(ctx, qc.Namespaces, w.id, room, qc.VisibilityTimeout())
+			steps, err := w.claim(ctx, room)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -55,6 +55,23 @@ func (w *Worker) intake(ctx context.Context) {
 		case <-freed:
 		}
 	}
+}
+
+// claimTimeout bounds one claim statement.
+const claimTimeout = 30 * time.Second
+
+// claim runs one claim statement to its end even when ctx (the worker's
+// run) ends meanwhile, so the worker always learns which steps it claimed:
+// feed then returns them to the queue. Cancelling the statement instead
+// would abandon its outcome: the client gives up at once, but a statement
+// the server has not started yet (a busy machine) still runs and commits,
+// and could claim, after the drain released them, steps the stopped worker
+// never hears of; they would sit claimed until their visibility expired.
+func (w *Worker) claim(ctx context.Context, room int) ([]queue.ClaimedStep, error) {
+	qc := w.cfg.Worker.Queue
+	claimCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
+	defer cancel()
+	return w.queue.Claim(claimCtx, qc.Namespaces, w.id, room, qc.VisibilityTimeout())
 }
 
 // room is how many steps may be claimed now: nothing while load shedding
