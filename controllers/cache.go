@@ -26,6 +26,7 @@ func CacheOptions(namespaces []string) cache.Options {
 			&corev1.ConfigMap{}:             {Label: managed},
 			&corev1.Service{}:               {Label: managed},
 			&appsv1.Deployment{}:            {Label: managed},
+			&appsv1.ReplicaSet{}:            {Label: managed, Transform: replicaSetVolumesOnly},
 			&policyv1.PodDisruptionBudget{}: {Label: managed},
 		},
 	}
@@ -36,4 +37,23 @@ func CacheOptions(namespaces []string) cache.Options {
 		}
 	}
 	return opts
+}
+
+// replicaSetVolumesOnly strips a cached ReplicaSet to what the operator reads
+// of it (which ConfigMaps its pods mount, and whose it is): a ReplicaSet
+// carries a whole pod template, and a Deployment keeps ten of them.
+func replicaSetVolumesOnly(obj any) (any, error) {
+	rs, ok := obj.(*appsv1.ReplicaSet)
+	if !ok {
+		return obj, nil
+	}
+	var volumes []corev1.Volume
+	for _, v := range rs.Spec.Template.Spec.Volumes {
+		if v.ConfigMap != nil {
+			volumes = append(volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{ConfigMap: v.ConfigMap}})
+		}
+	}
+	rs.ManagedFields = nil
+	rs.Spec.Template = corev1.PodTemplateSpec{Spec: corev1.PodSpec{Volumes: volumes}}
+	return rs, nil
 }

@@ -1,6 +1,10 @@
 package controllers
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"maps"
 	"math"
 	"path"
@@ -12,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	workersv1alpha1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/config"
@@ -37,8 +42,55 @@ const (
 	runAsUser = 65532
 )
 
-// configMapName is the pool's worker.toml ConfigMap.
-func configMapName(pool *workersv1alpha1.WorkerPool) string { return pool.Name + "-config" }
+// configMapName is the name of the pool's worker.toml ConfigMap for a given
+// content hash. A new file is a new ConfigMap (immutable), so the pods of an
+// older ReplicaSet that restart mid-rollout still read their own file, and a
+// rollback finds its file again.
+func configMapName(pool *workersv1alpha1.WorkerPool, hash string) string {
+	return pool.Name + "-config-" + hash
+}
+
+// childPlan is every object a pool should have, computed from its spec alone.
+// The reconciler applies each with server-side apply, so a field that leaves
+// the spec leaves the object too; PDB nil means the pool should have none.
+type childPlan struct {
+	ConfigMap  *corev1.ConfigMap
+	Deployment *appsv1.Deployment
+	Service    *corev1.Service
+	PDB        *policyv1.PodDisruptionBudget
+}
+
+// objects are the planned children in the order they are applied: the
+// ConfigMap before the Deployment whose pods mount it.
+func (p childPlan) objects() []client.Object {
+	out := []client.Object{p.ConfigMap, p.Deployment, p.Service}
+	if p.PDB != nil {
+		out = append(out, p.PDB)
+	}
+	return out
+}
+
+// planChildren renders the pool's children. An error means the spec cannot
+// be rendered into a worker.toml the worker accepts; it names the field.
+func planChildren(pool *workersv1alpha1.WorkerPool) (childPlan, error) {
+	toml, hash, err := renderWorkerConfig(pool)
+	if err != nil {
+		return childPlan{}, err
+	}
+	p := childPlan{
+		ConfigMap:  desiredConfigMap(pool, toml, hash),
+		Deployment: desiredDeployment(pool, hash),
+		Service:    desiredService(pool),
+	}
+	if wantsPDB(pool) {
+		p.PDB = desiredPDB(pool)
+	}
+	owner := *metav1.NewControllerRef(pool, workersv1alpha1.GroupVersion.WithKind("WorkerPool"))
+	for _, o := range p.objects() {
+		o.SetOwnerReferences([]metav1.OwnerReference{owner})
+	}
+	return p, nil
+}
 
 // selectorLabels select the pool's pods; they are immutable on the Deployment.
 func selectorLabels(pool *workersv1alpha1.WorkerPool) map[string]string {
@@ -60,12 +112,18 @@ func childMeta(pool *workersv1alpha1.WorkerPool, name string) metav1.ObjectMeta 
 	return metav1.ObjectMeta{Name: name, Namespace: pool.Namespace, Labels: childLabels(pool)}
 }
 
-func desiredConfigMap(pool *workersv1alpha1.WorkerPool, toml string) *corev1.ConfigMap {
-	return &corev1.ConfigMap{ObjectMeta: childMeta(pool, configMapName(pool)), Data: map[string]string{configFileName: toml}}
+func desiredConfigMap(pool *workersv1alpha1.WorkerPool, toml, hash string) *corev1.ConfigMap {
+	return &corev1.ConfigMap{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: childMeta(pool, configMapName(pool, hash)),
+		Data:       map[string]string{configFileName: toml},
+		Immutable:  ptr.To(true),
+	}
 }
 
 func desiredService(pool *workersv1alpha1.WorkerPool) *corev1.Service {
 	return &corev1.Service{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
 		ObjectMeta: childMeta(pool, pool.Name),
 		Spec: corev1.ServiceSpec{
 			ClusterIP:                corev1.ClusterIPNone,
@@ -80,19 +138,33 @@ func desiredService(pool *workersv1alpha1.WorkerPool) *corev1.Service {
 }
 
 // desiredPDB keeps at least all but one pod up during voluntary disruptions
-// (node drains), so a drain never takes a whole pool offline at once.
+// (node drains), so a drain never takes a whole pool offline at once. Pods
+// that are not ready may always be evicted: a crash-looping pool must not
+// block a node drain.
 func desiredPDB(pool *workersv1alpha1.WorkerPool) *policyv1.PodDisruptionBudget {
 	return &policyv1.PodDisruptionBudget{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "policy/v1", Kind: "PodDisruptionBudget"},
 		ObjectMeta: childMeta(pool, pool.Name),
 		Spec: policyv1.PodDisruptionBudgetSpec{
-			MaxUnavailable: ptr.To(intstr.FromInt32(1)),
-			Selector:       &metav1.LabelSelector{MatchLabels: selectorLabels(pool)},
+			MaxUnavailable:             ptr.To(intstr.FromInt32(maxUnavailable(pool))),
+			Selector:                   &metav1.LabelSelector{MatchLabels: selectorLabels(pool)},
+			UnhealthyPodEvictionPolicy: ptr.To(policyv1.AlwaysAllow),
 		},
 	}
 }
 
 // wantsPDB: a budget on a single pod would block every node drain.
 func wantsPDB(pool *workersv1alpha1.WorkerPool) bool { return replicas(pool) > 1 }
+
+// maxUnavailable is how many of the pool's pods may be down at once by its
+// disruption budget: one of two or more, none of a single pod (which has no
+// budget, but must be up for the pool to be available).
+func maxUnavailable(pool *workersv1alpha1.WorkerPool) int32 {
+	if wantsPDB(pool) {
+		return 1
+	}
+	return 0
+}
 
 func replicas(pool *workersv1alpha1.WorkerPool) int32 {
 	if pool.Spec.Replicas == nil {
@@ -165,34 +237,51 @@ func desiredDeployment(pool *workersv1alpha1.WorkerPool, configHash string) *app
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
 	}
+	template := corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: podLabels, Annotations: annotations},
+		Spec: corev1.PodSpec{
+			Containers:                    []corev1.Container{container},
+			TerminationGracePeriodSeconds: ptr.To(gracePeriod(pool)),
+			ServiceAccountName:            s.ServiceAccountName,
+			// The API server copies serviceAccountName into this deprecated
+			// field and back: owning both is what lets a name removed from
+			// the spec leave the pods.
+			DeprecatedServiceAccount: s.ServiceAccountName,
+			NodeSelector:             s.NodeSelector,
+			Tolerations:              s.Tolerations,
+			Affinity:                 s.Affinity,
+			SecurityContext: &corev1.PodSecurityContext{
+				RunAsNonRoot:   ptr.To(true),
+				RunAsUser:      ptr.To(int64(runAsUser)),
+				RunAsGroup:     ptr.To(int64(runAsUser)),
+				FSGroup:        ptr.To(int64(runAsUser)),
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+			Volumes: []corev1.Volume{
+				{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+					LocalObjectReference: corev1.LocalObjectReference{Name: configMapName(pool, configHash)}}}},
+				{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+			},
+		},
+	}
+	template.Annotations[workersv1alpha1.TemplateHashAnnotation] = hashOf(template)
 	return &appsv1.Deployment{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
 		ObjectMeta: childMeta(pool, pool.Name),
 		Spec: appsv1.DeploymentSpec{
 			Replicas: ptr.To(replicas(pool)),
 			Selector: &metav1.LabelSelector{MatchLabels: selectorLabels(pool)},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: podLabels, Annotations: annotations},
-				Spec: corev1.PodSpec{
-					Containers:                    []corev1.Container{container},
-					TerminationGracePeriodSeconds: ptr.To(gracePeriod(pool)),
-					ServiceAccountName:            s.ServiceAccountName,
-					NodeSelector:                  s.NodeSelector,
-					Tolerations:                   s.Tolerations,
-					Affinity:                      s.Affinity,
-					SecurityContext: &corev1.PodSecurityContext{
-						RunAsNonRoot:   ptr.To(true),
-						RunAsUser:      ptr.To(int64(runAsUser)),
-						RunAsGroup:     ptr.To(int64(runAsUser)),
-						FSGroup:        ptr.To(int64(runAsUser)),
-						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-					},
-					Volumes: []corev1.Volume{
-						{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-							LocalObjectReference: corev1.LocalObjectReference{Name: configMapName(pool)}}}},
-						{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-					},
-				},
-			},
+			Template: template,
 		},
 	}
+}
+
+// hashOf is a short, stable hash of v's JSON form (maps are sorted).
+func hashOf(v any) string {
+	data, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("hash %T: %v", v, err)) // only API types, which always marshal
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:8])
 }

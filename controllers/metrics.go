@@ -15,15 +15,15 @@ import (
 // gauge lets alert rules fire on Starving or Backpressure without a
 // kube-state-metrics custom-resource config.
 type PoolMetrics struct {
-	pending      *prometheus.GaugeVec
-	oldestAge    *prometheus.GaugeVec
-	saturation   *prometheus.GaugeVec
-	ready        *prometheus.GaugeVec
-	scrapeErrors *prometheus.CounterVec
-	condition    *prometheus.GaugeVec
-	scrapePass   prometheus.Histogram
-	childWrites  *prometheus.CounterVec
-	reconciles   *prometheus.CounterVec
+	pending     *prometheus.GaugeVec
+	oldestAge   *prometheus.GaugeVec
+	saturation  *prometheus.GaugeVec
+	ready       *prometheus.GaugeVec
+	scrapeErrs  *prometheus.CounterVec
+	condition   *prometheus.GaugeVec
+	scrapePass  prometheus.Histogram
+	childWrites *prometheus.CounterVec
+	reconciles  *prometheus.CounterVec
 }
 
 var poolLabels = []string{"namespace", "workerpool"}
@@ -39,7 +39,7 @@ func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 			Help: "Highest completion-channel fill (0..1) among the pool's pods."}, poolLabels),
 		ready: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_ready_replicas",
 			Help: "Ready worker pods of the pool."}, poolLabels),
-		scrapeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_scrape_errors_total",
+		scrapeErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_scrape_errors_total",
 			Help: "Pod metrics scrapes that failed, per pool."}, poolLabels),
 		condition: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_status_condition",
 			Help: "1 for the pool condition's current status (True, False or Unknown), 0 for the others."},
@@ -47,12 +47,12 @@ func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 		scrapePass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "workerpool_scrape_pass_duration_seconds",
 			Help: "Time to scrape all ready pods of one pool.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
 		childWrites: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_child_writes_total",
-			Help: "Creates, updates and deletes of a pool's children. It grows only when the pool or a child changed; growth on an unchanged pool is API load the operator should not cause."},
+			Help: "Server-side applies and deletes of a pool's children. It grows only when the pool or a child changed; growth on an unchanged pool is API load the operator should not cause."},
 			append(poolLabels[:2:2], "kind", "operation")),
 		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_reconciles_total",
 			Help: "Reconcile passes that computed the pool's status."}, poolLabels),
 	}
-	for _, c := range []prometheus.Collector{m.pending, m.oldestAge, m.saturation, m.ready, m.scrapeErrors, m.condition, m.scrapePass, m.childWrites, m.reconciles} {
+	for _, c := range []prometheus.Collector{m.pending, m.oldestAge, m.saturation, m.ready, m.scrapeErrs, m.condition, m.scrapePass, m.childWrites, m.reconciles} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -61,7 +61,7 @@ func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 }
 
 // observe records a pool's new status.
-func (m *PoolMetrics) observe(pool *v1.WorkerPool, st *v1.WorkerPoolStatus, scrapeErrors int) {
+func (m *PoolMetrics) observe(pool *v1.WorkerPool, st *v1.WorkerPoolStatus) {
 	if m == nil {
 		return
 	}
@@ -71,7 +71,6 @@ func (m *PoolMetrics) observe(pool *v1.WorkerPool, st *v1.WorkerPoolStatus, scra
 	m.oldestAge.With(l).Set(parseAgeSeconds(st.FFI.OldestPendingAge))
 	m.saturation.With(l).Set(float64(st.Dispatch.CompletionSaturationPercent) / 100)
 	m.ready.With(l).Set(float64(st.ReadyReplicas))
-	m.scrapeErrors.With(l).Add(float64(scrapeErrors))
 	for _, c := range st.Conditions {
 		for _, s := range []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown} {
 			v := 0.0
@@ -81,6 +80,14 @@ func (m *PoolMetrics) observe(pool *v1.WorkerPool, st *v1.WorkerPoolStatus, scra
 			m.condition.WithLabelValues(pool.Namespace, pool.Name, c.Type, string(s)).Set(v)
 		}
 	}
+}
+
+// scrapeErrors counts the failed pod scrapes of one pass over a pool.
+func (m *PoolMetrics) scrapeErrors(pool *v1.WorkerPool, n int) {
+	if m == nil {
+		return
+	}
+	m.scrapeErrs.WithLabelValues(pool.Namespace, pool.Name).Add(float64(n))
 }
 
 // childWrite counts one create, update or delete of a pool's child.
@@ -102,7 +109,7 @@ func (m *PoolMetrics) forget(namespace, name string) {
 	m.oldestAge.Delete(l)
 	m.saturation.Delete(l)
 	m.ready.Delete(l)
-	m.scrapeErrors.Delete(l)
+	m.scrapeErrs.Delete(l)
 	m.condition.DeletePartialMatch(l)
 	m.childWrites.DeletePartialMatch(l)
 	m.reconciles.Delete(l)

@@ -27,6 +27,8 @@ const (
 	metricPending           = "tasker_ffi_pending_events"
 	metricOldestAge         = "tasker_ffi_oldest_event_age_ms"
 	metricStarving          = "tasker_ffi_starving_events"
+	metricUnpolled          = "tasker_ffi_unpolled_events"
+	metricOldestUnpolled    = "tasker_ffi_oldest_unpolled_age_ms"
 	metricCallbackTimeouts  = "tasker_callback_timeouts_total"
 	metricSemaphoreFailures = "tasker_semaphore_acquisition_failures_total"
 )
@@ -193,6 +195,10 @@ func parseSample(r io.Reader, format expfmt.Format) (*podSample, error) {
 			into, combine = &s.OldestPendingAgeMs, familyMax
 		case metricStarving:
 			into = &s.StarvingEvents
+		case metricUnpolled:
+			into = &s.UnpolledEvents
+		case metricOldestUnpolled:
+			into, combine = &s.OldestUnpolledAgeMs, familyMax
 		case metricCallbackTimeouts:
 			into = &s.CallbackTimeouts
 		case metricSemaphoreFailures:

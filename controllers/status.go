@@ -20,10 +20,23 @@ import (
 
 // This file holds the pure functions that turn what the reconciler observed
 // into the pool's status, conditions and events. They touch no client and no
-// clock, so each rule is unit-tested on its own.
+// clock, so each rule is unit-tested on its own. docs/operator.md has the
+// table of conditions they produce.
 
 // maxPodsInStatus bounds status.pods (the CRD's MaxItems).
 const maxPodsInStatus = 20
+
+// Hysteresis: a condition that is True leaves that state only once the
+// measure is clearly back, so a pool hovering at a threshold does not
+// alternate between warning and cleared on every pass.
+const (
+	// backpressureMargin: Backpressure (or its Critical reason) clears only
+	// below its threshold minus this many percentage points.
+	backpressureMargin = 10
+	// starvingClearRatio: Starving clears only once every waiting FFI event
+	// is younger than this share of the threshold.
+	starvingClearRatio = 0.8
+)
 
 // podSample is what one pod's /metrics reported, in the worker's units.
 type podSample struct {
@@ -33,51 +46,84 @@ type podSample struct {
 	PendingEvents        float64
 	OldestPendingAgeMs   float64
 	StarvingEvents       float64
+	UnpolledEvents       float64
+	OldestUnpolledAgeMs  float64
 	CallbackTimeouts     float64
 	SemaphoreFailures    float64
 }
 
-// podObservation is one pod of the pool: its readiness and, for a ready
-// pod, either its sample or why it could not be read.
+// podProblem is what keeps a pod from running: a Stalled reason and a
+// message that names the pod and the cause. The zero value is no problem.
+type podProblem struct {
+	Reason  string
+	Message string
+}
+
+// podObservation is one pod of the pool.
 type podObservation struct {
-	Name   string
-	Ready  bool
+	Name  string
+	Ready bool
+	// Current: the pod runs the pool's current pod template.
+	Current bool
+	// Problem is what blocks the pod, from its status (diagnosePod).
+	Problem podProblem
+	// Sample is the pod's figures: read in the last scrape, or (Stale) its
+	// last good sample when the last scrape of it failed and that sample is
+	// recent. Nil when there is none.
 	Sample *podSample
-	Err    error
+	Stale  bool
+	// SampleAge is how old Sample is.
+	SampleAge time.Duration
+	// Err is why the last scrape of the pod failed, if it did.
+	Err error
 }
 
 // observation is everything a status pass looked at.
 type observation struct {
-	// ConfigErr is set when the spec cannot be rendered into a worker.toml
+	// SpecErr is set when the spec cannot be rendered into a worker.toml
 	// the worker accepts; children are then left as they were.
-	ConfigErr error
-	// Deployment is the pool's Deployment, nil before it exists.
+	SpecErr error
+	// Blocked is set when a child cannot be written until something
+	// changes (an object of its name that is not the pool's, RBAC, quota,
+	// admission, or an object the API server finds invalid).
+	Blocked *blockedError
+	// ApplyErr is set when writing or reading children failed in a way
+	// that may pass; the pass is retried.
+	ApplyErr error
+	// Deployment is the pool's Deployment as written in this pass, or read
+	// unchanged; nil before it exists.
 	Deployment *appsv1.Deployment
-	// Pods are the pool's pods, ready or not.
+	// Pods are the pool's pods that are not terminating.
 	Pods []podObservation
-	// Now is when the pods were scraped.
-	Now metav1.Time
+	// ScrapedAt is when the pods' metrics were last read (zero: never).
+	ScrapedAt metav1.Time
 }
 
 // computeStatus returns the status the pool should have. It starts from the
 // current status so that conditions keep their lastTransitionTime when
-// their status does not change.
+// their status does not change, and so that Backpressure and Starving can
+// apply hysteresis and never clear on missing data.
 func computeStatus(pool *v1.WorkerPool, obs observation) v1.WorkerPoolStatus {
 	st := *pool.Status.DeepCopy()
+	prev := pool.Status.Conditions
 	gen := pool.Generation
 	st.ObservedGeneration = gen
 	st.Selector = labels.SelectorFromSet(selectorLabels(pool)).String()
-	st.Replicas, st.ReadyReplicas, st.UpdatedReplicas = 0, 0, 0
 	if d := obs.Deployment; d != nil {
 		st.Replicas, st.ReadyReplicas, st.UpdatedReplicas = d.Status.Replicas, d.Status.ReadyReplicas, d.Status.UpdatedReplicas
-	}
+	} else if obs.ApplyErr == nil {
+		st.Replicas, st.ReadyReplicas, st.UpdatedReplicas = 0, 0, 0
+	} // else: the Deployment could not be read; keep the last figures
 
 	agg := aggregate(obs.Pods)
 	st.Dispatch = v1.DispatchStatus{InFlight: agg.inFlight, Capacity: agg.capacity, CompletionSaturationPercent: agg.maxSaturation}
-	st.FFI = v1.FFIStatus{PendingEvents: agg.pending, StarvingEvents: agg.starving}
-	if agg.scraped > 0 {
+	st.FFI = v1.FFIStatus{PendingEvents: agg.pending, StarvingEvents: agg.starving, UnpolledEvents: agg.unpolled}
+	if agg.covered() > 0 {
 		st.FFI.OldestPendingAge = formatAge(agg.oldestMs)
-		st.LastScrapeTime = obs.Now.DeepCopy()
+		st.FFI.OldestUnpolledAge = formatAge(agg.oldestUnpolledMs)
+	}
+	if !obs.ScrapedAt.IsZero() {
+		st.LastScrapeTime = obs.ScrapedAt.DeepCopy()
 	}
 	st.CallbackTimeouts, st.SemaphoreAcquisitionFailures = agg.callbackTimeouts, agg.semaphoreFailures
 	st.Pods = podList(obs.Pods)
@@ -86,27 +132,45 @@ func computeStatus(pool *v1.WorkerPool, obs observation) v1.WorkerPoolStatus {
 		c.ObservedGeneration = gen
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
+	rollout := rolloutOf(obs)
+	stalled := stalledCondition(obs, rollout)
 	available := availableCondition(pool, obs.Deployment)
-	progressing := progressingCondition(pool, obs.Deployment)
 	metrics := metricsCondition(agg)
+	set(readyCondition(obs, stalled, rollout, available, metrics))
+	set(reconcilingCondition(pool, obs, stalled, rollout))
+	set(stalled)
 	set(available)
-	set(progressing)
+	set(progressingCondition(obs.Deployment, rollout))
 	set(metrics)
-	set(starvingCondition(pool, agg))
-	set(backpressureCondition(pool, agg))
-	set(readyCondition(obs.ConfigErr, available, progressing, metrics))
+	set(starvingCondition(pool, agg, meta.FindStatusCondition(prev, v1.ConditionStarving)))
+	set(backpressureCondition(pool, agg, meta.FindStatusCondition(prev, v1.ConditionBackpressure)))
 	return st
 }
 
 // aggregation sums or takes the worst of the ready pods' samples.
 type aggregation struct {
-	ready, scraped                      int
-	failed                              []string // ready pods whose scrape failed, with why
+	ready, fresh                        int
+	stale, missing                      []string // ready pods read from a recent sample, or not at all, with why
 	inFlight, capacity, maxSaturation   int32
-	pending, starving                   int32
-	oldestMs                            float64
-	oldestPod, saturatedPod             string
+	pending, starving, unpolled         int32
+	oldestMs, oldestUnpolledMs          float64
+	oldestPod, unpolledPod, saturPod    string
 	callbackTimeouts, semaphoreFailures int64
+}
+
+// covered is how many ready pods the figures include.
+func (a aggregation) covered() int { return a.fresh + len(a.stale) }
+
+// coverage describes which ready pods the figures come from.
+func (a aggregation) coverage() string {
+	s := fmt.Sprintf("read %d of %d ready pods", a.fresh, a.ready)
+	if len(a.stale) > 0 {
+		s += fmt.Sprintf("; %d stale, counted with their last sample: %s", len(a.stale), strings.Join(a.stale, "; "))
+	}
+	if len(a.missing) > 0 {
+		s += fmt.Sprintf("; %d unreadable: %s", len(a.missing), strings.Join(a.missing, "; "))
+	}
+	return s
 }
 
 func aggregate(pods []podObservation) aggregation {
@@ -116,27 +180,35 @@ func aggregate(pods []podObservation) aggregation {
 			continue
 		}
 		a.ready++
-		if p.Sample == nil {
-			reason := "no sample"
-			if p.Err != nil {
-				reason = p.Err.Error()
-			}
-			a.failed = append(a.failed, fmt.Sprintf("%s (%s)", p.Name, reason))
+		why := "no sample yet"
+		if p.Err != nil {
+			why = p.Err.Error()
+		}
+		switch {
+		case p.Sample == nil:
+			a.missing = append(a.missing, fmt.Sprintf("%s (%s)", p.Name, why))
 			continue
+		case p.Stale:
+			a.stale = append(a.stale, fmt.Sprintf("%s (read %s ago; now: %s)", p.Name, p.SampleAge.Round(time.Second), why))
+		default:
+			a.fresh++
 		}
 		s := p.Sample
-		a.scraped++
 		a.inFlight += count32(s.InFlight)
 		a.capacity += count32(s.Capacity)
 		a.pending += count32(s.PendingEvents)
 		a.starving += count32(s.StarvingEvents)
+		a.unpolled += count32(s.UnpolledEvents)
 		a.callbackTimeouts += int64(math.Max(0, s.CallbackTimeouts))
 		a.semaphoreFailures += int64(math.Max(0, s.SemaphoreFailures))
-		if pct := percent(s.CompletionSaturation); pct > a.maxSaturation || a.saturatedPod == "" {
-			a.maxSaturation, a.saturatedPod = pct, p.Name
+		if pct := percent(s.CompletionSaturation); pct > a.maxSaturation || a.saturPod == "" {
+			a.maxSaturation, a.saturPod = pct, p.Name
 		}
 		if s.OldestPendingAgeMs > a.oldestMs || a.oldestPod == "" {
 			a.oldestMs, a.oldestPod = math.Max(0, s.OldestPendingAgeMs), p.Name
+		}
+		if s.OldestUnpolledAgeMs > a.oldestUnpolledMs || a.unpolledPod == "" {
+			a.oldestUnpolledMs, a.unpolledPod = math.Max(0, s.OldestUnpolledAgeMs), p.Name
 		}
 	}
 	return a
@@ -162,23 +234,32 @@ func formatAge(ms float64) string {
 	return (time.Duration(ms * float64(time.Millisecond))).Round(100 * time.Millisecond).String()
 }
 
-// podList is the pods worst first: not ready or unreadable, then the oldest
-// pending event, then the fullest completion channel, then the busiest.
+// podList is the pods worst first: blocked, not ready or unreadable, then
+// the oldest waiting event, then the fullest completion channel, then the
+// busiest.
 func podList(pods []podObservation) []v1.PodMetrics {
 	out := make([]v1.PodMetrics, 0, len(pods))
 	for _, p := range pods {
-		m := v1.PodMetrics{Name: p.Name, Ready: p.Ready}
+		m := v1.PodMetrics{Name: p.Name, Ready: p.Ready, Problem: truncate(p.Problem.Message, 300)}
 		if p.Sample != nil {
 			m.InFlight, m.PendingEvents = count32(p.Sample.InFlight), count32(p.Sample.PendingEvents)
 			m.OldestPendingAge = formatAge(p.Sample.OldestPendingAgeMs)
+			if p.Sample.OldestUnpolledAgeMs > 0 {
+				m.OldestUnpolledAge = formatAge(p.Sample.OldestUnpolledAgeMs)
+			}
 			m.CompletionSaturationPercent = percent(p.Sample.CompletionSaturation)
-		} else if p.Ready && p.Err != nil {
+		}
+		if p.Ready && p.Err != nil {
 			m.ScrapeError = truncate(p.Err.Error(), 200)
 		}
 		out = append(out, m)
 	}
-	age := func(m v1.PodMetrics) time.Duration { d, _ := time.ParseDuration(m.OldestPendingAge); return d }
-	healthy := func(m v1.PodMetrics) bool { return m.Ready && m.ScrapeError == "" }
+	age := func(m v1.PodMetrics) time.Duration {
+		a, _ := time.ParseDuration(m.OldestPendingAge)
+		b, _ := time.ParseDuration(m.OldestUnpolledAge)
+		return max(a, b)
+	}
+	healthy := func(m v1.PodMetrics) bool { return m.Ready && m.ScrapeError == "" && m.Problem == "" }
 	slices.SortFunc(out, func(a, b v1.PodMetrics) int {
 		if ha, hb := healthy(a), healthy(b); ha != hb {
 			if hb {
@@ -209,6 +290,185 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
+// Waiting reasons of a container that mean it cannot start until someone
+// changes something.
+var (
+	imagePullReasons   = []string{"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
+	configErrorReasons = []string{"CreateContainerConfigError", "CreateContainerError"}
+)
+
+// problemOrder ranks pod problems: the first is reported when pods differ.
+var problemOrder = []string{v1.ReasonConfigError, v1.ReasonImagePullFailed, v1.ReasonCrashLoop, v1.ReasonUnschedulable}
+
+// diagnosePod says what keeps a pod from running, from what the scheduler
+// and the kubelet wrote into its status: no node to run on, an image that
+// cannot be pulled, a container that cannot be created from its
+// configuration (a missing Secret or key), or a container that keeps exiting.
+func diagnosePod(p *corev1.Pod) podProblem {
+	var found []podProblem
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
+			found = append(found, podProblem{v1.ReasonUnschedulable, fmt.Sprintf("pod %s cannot be scheduled: %s", p.Name, c.Message)})
+		}
+	}
+	statuses := slices.Concat(p.Status.InitContainerStatuses, p.Status.ContainerStatuses)
+	for _, cs := range statuses {
+		w := cs.State.Waiting
+		if w == nil {
+			continue
+		}
+		detail := w.Reason
+		if w.Message != "" {
+			detail += ": " + w.Message
+		}
+		switch {
+		case slices.Contains(imagePullReasons, w.Reason):
+			found = append(found, podProblem{v1.ReasonImagePullFailed,
+				fmt.Sprintf("pod %s: container %s: image %q cannot be pulled (%s)", p.Name, cs.Name, cs.Image, detail)})
+		case slices.Contains(configErrorReasons, w.Reason):
+			found = append(found, podProblem{v1.ReasonConfigError,
+				fmt.Sprintf("pod %s: container %s cannot be created (%s)", p.Name, cs.Name, detail)})
+		case w.Reason == "CrashLoopBackOff":
+			last := "no exit recorded"
+			if t := cs.LastTerminationState.Terminated; t != nil {
+				last = fmt.Sprintf("last exit code %d", t.ExitCode)
+				if t.Reason != "" {
+					last += ", reason " + t.Reason
+				}
+				if t.Message != "" {
+					last += ": " + strings.TrimSpace(t.Message)
+				}
+			}
+			found = append(found, podProblem{v1.ReasonCrashLoop,
+				fmt.Sprintf("pod %s: container %s keeps exiting (restarted %d times; %s)", p.Name, cs.Name, cs.RestartCount, last)})
+		}
+	}
+	if len(found) == 0 {
+		return podProblem{}
+	}
+	return slices.MinFunc(found, func(a, b podProblem) int {
+		return cmp.Compare(slices.Index(problemOrder, a.Reason), slices.Index(problemOrder, b.Reason))
+	})
+}
+
+// rollout is where the pool's template rollout stands.
+type rollout struct {
+	// Known: there is a Deployment to judge from.
+	Known bool
+	// Done: every pod runs the current template, the Deployment keeps no
+	// pods of an older one, and it reports its latest rollout complete.
+	Done bool
+	// Current and Total count the pods (not terminating) on the current
+	// template and in all.
+	Current, Total int
+	// Observed: the Deployment controller has seen the Deployment as
+	// written (its observedGeneration caught up with its generation).
+	Observed bool
+	// Waiting is what the Deployment says while its rollout is incomplete
+	// although every pod is on the current template.
+	Waiting string
+}
+
+// newReplicaSetAvailable is the reason of a Deployment's Progressing
+// condition once its latest rollout completed. The Deployment controller
+// keeps it through later changes of replica count and replaces it as soon
+// as a new template is rolled out.
+const newReplicaSetAvailable = "NewReplicaSetAvailable"
+
+// rolloutOf judges the rollout from the pods' template hash and the
+// Deployment as written in this pass. A change of replica count alone adds
+// or removes pods of the current template, so it is never a rollout.
+func rolloutOf(obs observation) rollout {
+	d := obs.Deployment
+	if d == nil {
+		return rollout{}
+	}
+	r := rollout{Known: true, Total: len(obs.Pods), Observed: d.Status.ObservedGeneration >= d.Generation}
+	for _, p := range obs.Pods {
+		if p.Current {
+			r.Current++
+		}
+	}
+	switch pc := deploymentCondition(d, appsv1.DeploymentProgressing); {
+	case r.Observed && d.Status.Replicas > d.Status.UpdatedReplicas:
+		// Pods of an older template the Deployment keeps (for example after
+		// someone else changed the template).
+		r.Waiting = fmt.Sprintf("the Deployment still keeps %d pods of an older template", d.Status.Replicas-d.Status.UpdatedReplicas)
+	case pc != nil && pc.Reason != newReplicaSetAvailable:
+		r.Waiting = fmt.Sprintf("the Deployment reports its rollout incomplete (%s: %s)", pc.Reason, pc.Message)
+	}
+	r.Done = r.Current == r.Total && r.Waiting == ""
+	return r
+}
+
+// deploymentProgressFailed returns the Deployment's own verdict that its
+// rollout stopped making progress, or nil.
+func deploymentProgressFailed(d *appsv1.Deployment) *appsv1.DeploymentCondition {
+	if d == nil {
+		return nil
+	}
+	c := deploymentCondition(d, appsv1.DeploymentProgressing)
+	if c != nil && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
+		return c
+	}
+	return nil
+}
+
+// stalledCondition is True when something blocks the pool that will not
+// pass on its own: the spec, a child that cannot be written, a ReplicaSet
+// that may not create pods, a current-template pod that cannot run, or a
+// rollout past its deadline.
+func stalledCondition(obs observation, r rollout) metav1.Condition {
+	c := metav1.Condition{Type: v1.ConditionStalled, Status: metav1.ConditionTrue}
+	blocked := func(reason, msg string) metav1.Condition {
+		c.Reason, c.Message = reason, truncate(msg, 1000)
+		return c
+	}
+	switch {
+	case obs.SpecErr != nil:
+		return blocked(v1.ReasonInvalidSpec, obs.SpecErr.Error())
+	case obs.Blocked != nil:
+		return blocked(obs.Blocked.Reason, obs.Blocked.Message)
+	}
+	if d := obs.Deployment; d != nil {
+		if rf := deploymentCondition(d, appsv1.DeploymentReplicaFailure); rf != nil && rf.Status == corev1.ConditionTrue {
+			return blocked(v1.ReasonForbidden, fmt.Sprintf("Deployment %s cannot create pods: %s", d.Name, rf.Message))
+		}
+	}
+	var problems []podProblem
+	for _, p := range obs.Pods {
+		// Pods of an older template are being replaced: what ails them no
+		// longer blocks the pool.
+		if p.Problem.Reason != "" && (p.Current || !r.Known) {
+			problems = append(problems, p.Problem)
+		}
+	}
+	if len(problems) > 0 {
+		worst := slices.MinFunc(problems, func(a, b podProblem) int {
+			return cmp.Compare(slices.Index(problemOrder, a.Reason), slices.Index(problemOrder, b.Reason))
+		})
+		msg := worst.Message
+		if n := len(problems) - 1; n > 0 {
+			msg += fmt.Sprintf(" (and %d more %s)", n, plural(n, "pod", "pods"))
+		}
+		return blocked(worst.Reason, msg)
+	}
+	if pd := deploymentProgressFailed(obs.Deployment); pd != nil {
+		return blocked(v1.ReasonProgressDeadlineExceeded, "the rollout made no progress within its deadline: "+pd.Message)
+	}
+	c.Status, c.Reason, c.Message = metav1.ConditionFalse, v1.ReasonNotStalled, "nothing blocks the pool"
+	return c
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// availableCondition: enough replicas are available for the pool's
+// disruption budget (all but one of two or more; the one of a single).
 func availableCondition(pool *v1.WorkerPool, d *appsv1.Deployment) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionAvailable, Status: metav1.ConditionFalse, Reason: v1.ReasonMinimumReplicasUnavailable}
 	if d == nil {
@@ -216,38 +476,61 @@ func availableCondition(pool *v1.WorkerPool, d *appsv1.Deployment) metav1.Condit
 		return c
 	}
 	want := replicas(pool)
-	if dc := deploymentCondition(d, appsv1.DeploymentAvailable); dc != nil && dc.Status == corev1.ConditionTrue {
+	need := want - maxUnavailable(pool)
+	if d.Status.AvailableReplicas >= need {
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonMinimumReplicasAvailable
 	}
-	c.Message = fmt.Sprintf("%d of %d replicas available", d.Status.AvailableReplicas, want)
+	c.Message = fmt.Sprintf("%d of %d replicas available (at least %d needed)", d.Status.AvailableReplicas, want, need)
 	return c
 }
 
-func progressingCondition(pool *v1.WorkerPool, d *appsv1.Deployment) metav1.Condition {
+// progressingCondition is about the pod template only: True while pods of
+// an older template remain.
+func progressingCondition(d *appsv1.Deployment, r rollout) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionProgressing, Status: metav1.ConditionTrue, Reason: v1.ReasonRollingOut}
-	if d == nil {
-		c.Message = "creating the pool's Deployment"
-		return c
-	}
-	if dc := deploymentCondition(d, appsv1.DeploymentProgressing); dc != nil && dc.Reason == "ProgressDeadlineExceeded" {
-		c.Status, c.Reason = metav1.ConditionFalse, v1.ReasonProgressDeadlineExceeded
-		c.Message = "rollout stalled: " + dc.Message
-		return c
-	}
-	want := replicas(pool)
-	s := d.Status
 	switch {
-	case s.ObservedGeneration < d.Generation:
-		c.Message = "the Deployment controller has not seen the latest template yet"
-	case s.UpdatedReplicas < want:
-		c.Message = fmt.Sprintf("%d of %d replicas updated", s.UpdatedReplicas, want)
-	case s.Replicas > s.UpdatedReplicas:
-		c.Message = fmt.Sprintf("%d old replicas terminating", s.Replicas-s.UpdatedReplicas)
-	case s.AvailableReplicas < s.UpdatedReplicas:
-		c.Message = fmt.Sprintf("%d of %d updated replicas available", s.AvailableReplicas, s.UpdatedReplicas)
+	case !r.Known:
+		c.Message = "the pool's Deployment does not exist yet"
+	case deploymentProgressFailed(d) != nil && !r.Done:
+		c.Status, c.Reason = metav1.ConditionFalse, v1.ReasonProgressDeadlineExceeded
+		c.Message = "the rollout made no progress within its deadline: " + deploymentProgressFailed(d).Message
+	case r.Current < r.Total:
+		c.Message = fmt.Sprintf("%d of %d pods run the current template", r.Current, r.Total)
+	case !r.Done:
+		c.Message = r.Waiting
 	default:
 		c.Status, c.Reason = metav1.ConditionFalse, v1.ReasonRolledOut
-		c.Message = fmt.Sprintf("all %d replicas run the current template", want)
+		c.Message = fmt.Sprintf("all %d pods run the current template", r.Total)
+	}
+	return c
+}
+
+// reconcilingCondition is True while the spec is not realised yet: a child
+// write to retry, a rollout, or a replica count the pods have not reached.
+// It is False while Stalled is True (kstatus reads the first True of the
+// two, and a blocked pool is not making progress).
+func reconcilingCondition(pool *v1.WorkerPool, obs observation, stalled metav1.Condition, r rollout) metav1.Condition {
+	c := metav1.Condition{Type: v1.ConditionReconciling, Status: metav1.ConditionTrue}
+	d := obs.Deployment
+	want := replicas(pool)
+	switch {
+	case stalled.Status == metav1.ConditionTrue:
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, v1.ReasonStalled, "progress is blocked: see the Stalled condition"
+	case obs.ApplyErr != nil:
+		c.Reason, c.Message = v1.ReasonApplyFailed, truncate(obs.ApplyErr.Error(), 1000)
+	case d == nil:
+		c.Reason, c.Message = v1.ReasonScaling, "creating the pool's Deployment"
+	case !r.Done:
+		p := progressingCondition(d, r)
+		c.Reason, c.Message = p.Reason, p.Message
+	case !r.Observed:
+		c.Reason, c.Message = v1.ReasonScaling, "the Deployment controller has not seen the latest spec yet"
+	case d.Status.Replicas != want || d.Status.AvailableReplicas < want:
+		c.Reason = v1.ReasonScaling
+		c.Message = fmt.Sprintf("%d of %d replicas available, %d running", d.Status.AvailableReplicas, want, d.Status.Replicas)
+	default:
+		c.Status, c.Reason = metav1.ConditionFalse, v1.ReasonReconciled
+		c.Message = fmt.Sprintf("%d replicas available on the current template", want)
 	}
 	return c
 }
@@ -261,44 +544,79 @@ func deploymentCondition(d *appsv1.Deployment, t appsv1.DeploymentConditionType)
 	return nil
 }
 
+// metricsCondition reports coverage: True when the figures include at
+// least half of the ready pods (all of them read in the last pass:
+// Scraped; some from recent samples or left out: PartialScrape, naming
+// them), False below that.
 func metricsCondition(a aggregation) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionMetricsAvailable}
 	switch {
 	case a.ready == 0:
 		c.Status, c.Reason, c.Message = metav1.ConditionUnknown, v1.ReasonNoReadyPods, "no ready pod to read metrics from"
-	case len(a.failed) > 0:
-		c.Status, c.Reason = metav1.ConditionFalse, v1.ReasonScrapeFailed
-		c.Message = truncate(fmt.Sprintf("%d of %d ready pods could not be read: %s", len(a.failed), a.ready, strings.Join(a.failed, "; ")), 1000)
-	default:
+	case a.fresh == a.ready:
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonScraped
 		c.Message = fmt.Sprintf("read metrics from all %d ready pods", a.ready)
+	case 2*a.covered() >= a.ready:
+		c.Status, c.Reason, c.Message = metav1.ConditionTrue, v1.ReasonPartialScrape, truncate(a.coverage(), 1000)
+	default:
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, v1.ReasonScrapeFailed, truncate(a.coverage(), 1000)
 	}
 	return c
 }
 
-func starvingCondition(pool *v1.WorkerPool, a aggregation) metav1.Condition {
-	c := metav1.Condition{Type: v1.ConditionStarving}
-	threshold := 10 * time.Second
+// starvationThreshold is the pool's starvation warning threshold.
+func starvationThreshold(pool *v1.WorkerPool) time.Duration {
 	if d, err := time.ParseDuration(string(pool.Spec.FFI.StarvationWarningThreshold)); err == nil && d > 0 {
-		threshold = d
+		return d
+	}
+	return 10 * time.Second
+}
+
+// starvingCondition is True when an FFI event has waited past the
+// threshold: polled and not completed (the handlers are slow), or waiting
+// to be polled (the pollers stopped polling). Once True it clears only when
+// every pod's events are younger than starvingClearRatio of the threshold,
+// and never on missing data.
+func starvingCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Condition) metav1.Condition {
+	c := metav1.Condition{Type: v1.ConditionStarving}
+	threshold := starvationThreshold(pool)
+	if !pool.Spec.FFI.Enabled {
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, v1.ReasonFFIDisabled, "the pool runs no foreign handlers"
+		return c
+	}
+	if a.covered() == 0 {
+		return unmeasured(c, a, prev)
+	}
+	wasTrue := prev != nil && prev.Status == metav1.ConditionTrue
+	limit := float64(threshold.Milliseconds())
+	if wasTrue {
+		limit *= starvingClearRatio
 	}
 	switch {
-	case !pool.Spec.FFI.Enabled:
-		c.Status, c.Reason, c.Message = metav1.ConditionFalse, v1.ReasonFFIDisabled, "the pool runs no foreign handlers"
-	case a.scraped == 0:
-		c.Status, c.Reason, c.Message = metav1.ConditionUnknown, noSampleReason(a), "no pod's metrics could be read"
-	case a.oldestMs > float64(threshold.Milliseconds()):
+	case a.oldestUnpolledMs > limit && a.oldestUnpolledMs >= a.oldestMs:
+		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonEventsStarving
+		c.Message = fmt.Sprintf("no poll for %s on pod %s, %d events waiting across the pool (threshold %s)",
+			formatAge(a.oldestUnpolledMs), a.unpolledPod, a.unpolled, threshold)
+	case a.oldestMs > limit:
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonEventsStarving
 		c.Message = fmt.Sprintf("oldest pending FFI event has waited %s on pod %s (threshold %s); %d events starving across the pool",
 			formatAge(a.oldestMs), a.oldestPod, threshold, a.starving)
 	default:
 		c.Status, c.Reason = metav1.ConditionFalse, v1.ReasonPollingKeepsUp
-		c.Message = fmt.Sprintf("oldest pending FFI event %s (threshold %s)", formatAge(a.oldestMs), threshold)
+		c.Message = fmt.Sprintf("oldest pending FFI event %s, oldest waiting to be polled %s (threshold %s)",
+			formatAge(a.oldestMs), formatAge(a.oldestUnpolledMs), threshold)
+		if wasTrue {
+			c.Message += fmt.Sprintf("; cleared below %s", formatAge(limit))
+		}
 	}
-	return c
+	return keepUnlessCovered(c, a, prev)
 }
 
-func backpressureCondition(pool *v1.WorkerPool, a aggregation) metav1.Condition {
+// backpressureCondition is True when a pod's completion channel is at or
+// above the warning percent (reason Critical at or above the critical
+// percent). Once True, a state is left only below its threshold minus
+// backpressureMargin points, and never on missing data.
+func backpressureCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Condition) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionBackpressure}
 	warn, crit := pool.Spec.Dispatch.SaturationWarningPercent, pool.Spec.Dispatch.SaturationCriticalPercent
 	if warn <= 0 {
@@ -307,46 +625,81 @@ func backpressureCondition(pool *v1.WorkerPool, a aggregation) metav1.Condition 
 	if crit <= 0 {
 		crit = 95
 	}
-	if a.scraped == 0 {
-		c.Status, c.Reason, c.Message = metav1.ConditionUnknown, noSampleReason(a), "no pod's metrics could be read"
-		return c
+	if a.covered() == 0 {
+		return unmeasured(c, a, prev)
 	}
-	c.Message = fmt.Sprintf("completion channel %d%% full on pod %s (warning at %d%%, critical at %d%%)", a.maxSaturation, a.saturatedPod, warn, crit)
+	warnAt, critAt := warn, crit
+	if prev != nil && prev.Status == metav1.ConditionTrue {
+		warnAt = max(0, warn-backpressureMargin)
+		if prev.Reason == v1.ReasonSaturationCritical {
+			critAt = max(warn, crit-backpressureMargin)
+		}
+	}
+	c.Message = fmt.Sprintf("completion channel %d%% full on pod %s (warning at %d%%, critical at %d%%)", a.maxSaturation, a.saturPod, warn, crit)
 	switch {
-	case a.maxSaturation >= crit:
+	case a.maxSaturation >= critAt:
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonSaturationCritical
-	case a.maxSaturation >= warn:
+	case a.maxSaturation >= warnAt:
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonSaturationWarning
 	default:
 		c.Status, c.Reason = metav1.ConditionFalse, v1.ReasonSaturationNormal
 	}
+	if c.Status == metav1.ConditionTrue {
+		c.Message += fmt.Sprintf("; clears below %d%%", max(0, warn-backpressureMargin))
+	}
+	return keepUnlessCovered(c, a, prev)
+}
+
+// unmeasured is a metric condition when no pod's figures are usable: the
+// last known state is kept (a problem does not clear because it cannot be
+// seen), or Unknown when there is none.
+func unmeasured(c metav1.Condition, a aggregation, prev *metav1.Condition) metav1.Condition {
+	reason := v1.ReasonScrapeFailed
+	if a.ready == 0 {
+		reason = v1.ReasonNoReadyPods
+	}
+	if prev != nil && prev.Status == metav1.ConditionTrue {
+		c.Status, c.Reason = prev.Status, prev.Reason
+		c.Message = truncate(fmt.Sprintf("%s (kept: no pod's metrics could be read: %s)", strings.SplitN(prev.Message, " (kept:", 2)[0], reason), 1000)
+		return c
+	}
+	c.Status, c.Reason, c.Message = metav1.ConditionUnknown, reason, "no pod's metrics could be read"
 	return c
 }
 
-func noSampleReason(a aggregation) string {
-	if a.ready == 0 {
-		return v1.ReasonNoReadyPods
+// keepUnlessCovered refuses to clear a True condition on partial figures:
+// the pod that was the cause may be among those not read.
+func keepUnlessCovered(c metav1.Condition, a aggregation, prev *metav1.Condition) metav1.Condition {
+	if c.Status == metav1.ConditionTrue || prev == nil || prev.Status != metav1.ConditionTrue || a.covered() == a.ready {
+		return c
 	}
-	return v1.ReasonScrapeFailed
+	c.Status, c.Reason = prev.Status, prev.Reason
+	c.Message = truncate(fmt.Sprintf("%s; not cleared while %d of %d ready pods are unread", c.Message, a.ready-a.covered(), a.ready), 1000)
+	return c
 }
 
-// readyCondition is the kstatus-style summary: True when the spec is
-// valid, the pool is available and rolled out, and its metrics are
+// readyCondition is the summary kstatus and kubectl wait read: True when
+// nothing blocks the pool, the current template is rolled out, enough
+// replicas are available for the disruption budget and its metrics are
 // readable. Starving and Backpressure are reported on their own (and
 // alerted on); they do not make a running pool un-ready.
-func readyCondition(configErr error, available, progressing, metrics metav1.Condition) metav1.Condition {
+func readyCondition(obs observation, stalled metav1.Condition, r rollout, available, metrics metav1.Condition) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionReady, Status: metav1.ConditionFalse}
 	switch {
-	case configErr != nil:
-		c.Reason, c.Message = v1.ReasonInvalidSpec, truncate(configErr.Error(), 1000)
+	case stalled.Status == metav1.ConditionTrue:
+		c.Reason, c.Message = stalled.Reason, stalled.Message
+	case obs.ApplyErr != nil:
+		c.Reason, c.Message = v1.ReasonApplyFailed, truncate(obs.ApplyErr.Error(), 1000)
+	case !r.Known || !r.Done:
+		p := progressingCondition(obs.Deployment, r)
+		c.Reason, c.Message = p.Reason, p.Message
 	case available.Status != metav1.ConditionTrue:
 		c.Reason, c.Message = available.Reason, available.Message
-	case progressing.Status == metav1.ConditionTrue || progressing.Reason == v1.ReasonProgressDeadlineExceeded:
-		c.Reason, c.Message = progressing.Reason, progressing.Message
 	case metrics.Status == metav1.ConditionFalse:
 		c.Reason, c.Message = metrics.Reason, metrics.Message
 	default:
-		c.Status, c.Reason, c.Message = metav1.ConditionTrue, v1.ReasonPoolReady, "available, rolled out and measured"
+		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonPoolReady
+		c.Message = available.Message + "; template rolled out; metrics: " + metrics.Message
 	}
 	return c
 }
@@ -375,14 +728,14 @@ type conditionEvent struct {
 	Type, Reason, Message string
 }
 
-// transitionEvents returns one event per change of Starving or
-// Backpressure (status, or Backpressure's Warning/Critical reason), so
-// kubectl describe tells when a pool started and stopped struggling.
+// transitionEvents returns one event per change of Stalled, Starving or
+// Backpressure (status, or reason while True), so kubectl describe tells
+// when a pool got blocked or started struggling, and when it recovered.
 // Changes to or from Unknown (no metrics) are not events: MetricsAvailable
 // tells that story.
 func transitionEvents(old, next []metav1.Condition) []conditionEvent {
 	var out []conditionEvent
-	for _, t := range []string{v1.ConditionStarving, v1.ConditionBackpressure} {
+	for _, t := range []string{v1.ConditionStalled, v1.ConditionStarving, v1.ConditionBackpressure} {
 		n := meta.FindStatusCondition(next, t)
 		if n == nil || n.Status == metav1.ConditionUnknown {
 			continue
@@ -391,21 +744,22 @@ func transitionEvents(old, next []metav1.Condition) []conditionEvent {
 		if o != nil && o.Status == metav1.ConditionUnknown {
 			o = nil // Unknown remembers nothing: compare as if from scratch
 		}
-		if o != nil && o.Status == n.Status && o.Reason == n.Reason {
+		if o != nil && o.Status == n.Status && (o.Reason == n.Reason || n.Status == metav1.ConditionFalse) {
 			continue
 		}
-		if o == nil && n.Status == metav1.ConditionFalse {
+		if (o == nil || o.Status == metav1.ConditionFalse) && n.Status == metav1.ConditionFalse {
 			continue // a pool that starts (or comes back) healthy is not news
 		}
 		ev := conditionEvent{Type: corev1.EventTypeNormal, Message: n.Message}
 		switch {
+		case n.Status == metav1.ConditionTrue && t == v1.ConditionStalled:
+			ev.Type, ev.Reason = corev1.EventTypeWarning, n.Reason // ImagePullFailed, CrashLoop, …
+		case n.Status == metav1.ConditionTrue && t == v1.ConditionBackpressure:
+			ev.Type, ev.Reason = corev1.EventTypeWarning, t+n.Reason // BackpressureWarning, BackpressureCritical
 		case n.Status == metav1.ConditionTrue:
 			ev.Type, ev.Reason = corev1.EventTypeWarning, t // Starving
-			if t == v1.ConditionBackpressure {
-				ev.Reason = t + n.Reason // BackpressureWarning, BackpressureCritical
-			}
 		default:
-			ev.Reason = t + "Cleared"
+			ev.Reason = t + "Cleared" // StalledCleared, StarvingCleared, BackpressureCleared
 		}
 		out = append(out, ev)
 	}

@@ -4,22 +4,20 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -28,19 +26,26 @@ import (
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 )
 
-// FieldOwner names the operator in managedFields and events.
+// FieldOwner names the operator in managedFields (its server-side apply
+// field manager) and in events.
 const FieldOwner = "workerpool-operator"
 
 // conflictRetry is how soon a pool whose status write lost a race is
 // reconciled again: long enough for the cache to catch up.
 const conflictRetry = 200 * time.Millisecond
 
+// sampleMaxAge is how many status intervals a pod's last good sample keeps
+// counting for the pool after its scrapes start failing.
+const sampleMaxAge = 3
+
 // WorkerPoolReconciler keeps each pool's children in line with its spec and
 // its status in line with what the pods measure.
 type WorkerPoolReconciler struct {
 	client.Client
-	// Scheme sets owner references on the children.
-	Scheme *runtime.Scheme
+	// APIReader reads past the cache (the manager's API reader). It is used
+	// only to check that no foreign object holds a child's name before the
+	// child is created. Nil reads through Client.
+	APIReader client.Reader
 	// Recorder emits events on condition transitions.
 	Recorder events.EventRecorder
 	// Scraper reads the pods' metrics.
@@ -48,10 +53,13 @@ type WorkerPoolReconciler struct {
 	// Metrics are the per-pool operator series (may be nil).
 	Metrics *PoolMetrics
 	// StatusInterval is how often a pool's status is refreshed when nothing
-	// else triggers a reconcile.
+	// else triggers a reconcile, and the least time between two scrapes of a
+	// pool whose ready pods did not change.
 	StatusInterval time.Duration
 	// Now is the clock (time.Now unless a test replaces it).
 	Now func() time.Time
+
+	samples sampleStore
 }
 
 // +kubebuilder:rbac:groups=workers.tasker.dev,resources=workerpools,verbs=get;list;watch
@@ -60,16 +68,21 @@ type WorkerPoolReconciler struct {
 // +kubebuilder:rbac:groups=core,resources=configmaps;services,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=core,resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile brings one pool's children and status up to date.
-func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	log := ctrl.LoggerFrom(ctx)
+// Reconcile brings one pool's children and status up to date: plan the
+// children, apply them, observe the Deployment and the pods, then compute
+// and write the status (deferred, so that a pass that failed half-way still
+// records its generation and what went wrong).
+func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, err error) {
 	pool := &v1.WorkerPool{}
 	if err := r.Get(ctx, req.NamespacedName, pool); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.Metrics.forget(req.Namespace, req.Name) // children go with their owner (garbage collection)
+			// Children go with their owner (garbage collection).
+			r.Metrics.forget(req.Namespace, req.Name)
+			r.samples.forget(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, fmt.Errorf("get WorkerPool: %w", err)
@@ -78,207 +91,111 @@ func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, nil
 	}
 
-	obs := observation{}
-	obs.ConfigErr = r.reconcileChildren(ctx, pool)
-	if obs.ConfigErr != nil && !isSpecError(obs.ConfigErr) {
-		return ctrl.Result{}, obs.ConfigErr
-	}
-	if err := r.observe(ctx, pool, &obs); err != nil {
-		return ctrl.Result{}, err
-	}
-	next := computeStatus(pool, obs)
-	r.emitEvents(pool, transitionEvents(pool.Status.Conditions, next.Conditions))
-	r.Metrics.observe(pool, &next, countErrors(obs.Pods))
-	if statusNeedsWrite(pool.Status, next) {
-		if err := r.writeStatus(ctx, pool, next); err != nil {
-			if apierrors.IsConflict(err) {
-				// The cache had not caught up with a newer pool yet: try again
-				// with it. Not an error worth a log line.
-				return ctrl.Result{RequeueAfter: conflictRetry}, nil
-			}
-			return ctrl.Result{}, err
+	var obs observation
+	defer func() { result, err = r.writeStatus(ctx, pool, &obs, result, err) }()
+
+	plan, err := planChildren(pool)
+	if err != nil {
+		obs.SpecErr = err // children stay as they were until the spec is fixed
+	} else {
+		obs.Deployment, err = r.applyChildren(ctx, pool, plan)
+		if obs.Blocked = asBlocked(err); obs.Blocked == nil && err != nil {
+			obs.ApplyErr = err
 		}
-		log.V(1).Info("status written", "ready", next.ReadyReplicas, "pending", next.FFI.PendingEvents,
-			"saturation", next.Dispatch.CompletionSaturationPercent)
+	}
+	if err := r.observe(ctx, pool, &obs); err != nil && obs.ApplyErr == nil {
+		obs.ApplyErr = err
+	}
+	if obs.ApplyErr != nil {
+		return ctrl.Result{}, obs.ApplyErr // retried with backoff
 	}
 	return ctrl.Result{RequeueAfter: r.StatusInterval}, nil
 }
 
-// specError marks a spec the worker would refuse: reported in status, not
-// retried (a new generation will reconcile again).
-type specError struct{ err error }
-
-func (e specError) Error() string { return e.err.Error() }
-func (e specError) Unwrap() error { return e.err }
-
-func isSpecError(err error) bool {
-	_, ok := err.(specError)
-	return ok
-}
-
-// reconcileChildren creates or updates the ConfigMap, Deployment, Service
-// and (for more than one replica) PodDisruptionBudget.
-func (r *WorkerPoolReconciler) reconcileChildren(ctx context.Context, pool *v1.WorkerPool) error {
-	toml, hash, err := renderWorkerConfig(pool)
-	if err != nil {
-		return specError{err}
-	}
-	cm := desiredConfigMap(pool, toml)
-	if err := apply(ctx, r, pool, cm, &corev1.ConfigMap{ObjectMeta: nameOf(cm)}, func(existing *corev1.ConfigMap) {
-		existing.Data = cm.Data
-	}); err != nil {
-		return err
-	}
-	dep := desiredDeployment(pool, hash)
-	if err := apply(ctx, r, pool, dep, &appsv1.Deployment{ObjectMeta: nameOf(dep)}, func(existing *appsv1.Deployment) {
-		existing.Spec.Replicas = dep.Spec.Replicas
-		if existing.Spec.Selector == nil {
-			existing.Spec.Selector = dep.Spec.Selector // immutable once set
-		}
-		// DeepDerivative ignores fields the API server defaulted, so an
-		// unchanged pool never rewrites (and never rolls) its pods.
-		if !equality.Semantic.DeepDerivative(dep.Spec.Template, existing.Spec.Template) {
-			existing.Spec.Template = dep.Spec.Template
-		}
-	}); err != nil {
-		return err
-	}
-	svc := desiredService(pool)
-	if err := apply(ctx, r, pool, svc, &corev1.Service{ObjectMeta: nameOf(svc)}, func(existing *corev1.Service) {
-		existing.Spec.Selector = svc.Spec.Selector
-		existing.Spec.Ports = mergePorts(svc.Spec.Ports, existing.Spec.Ports)
-		existing.Spec.PublishNotReadyAddresses = svc.Spec.PublishNotReadyAddresses
-		if existing.Spec.ClusterIP == "" {
-			existing.Spec.ClusterIP = svc.Spec.ClusterIP
-		}
-	}); err != nil {
-		return err
-	}
-	pdb := desiredPDB(pool)
-	if !wantsPDB(pool) {
-		// Look in the cache first: a delete call on every pass of every
-		// single-replica pool would be pure API load.
-		existing := &policyv1.PodDisruptionBudget{}
-		switch err := r.Get(ctx, client.ObjectKeyFromObject(pdb), existing); {
-		case apierrors.IsNotFound(err):
-			return nil
-		case err != nil:
-			return fmt.Errorf("get PodDisruptionBudget %s: %w", pdb.Name, err)
-		case !metav1.IsControlledBy(existing, pool):
-			return nil // not ours: leave it
-		}
-		if err := r.Delete(ctx, existing, client.Preconditions{UID: &existing.UID}); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("delete PodDisruptionBudget %s: %w", pdb.Name, err)
-		}
-		r.Metrics.childWrite(pool, "PodDisruptionBudget", "deleted")
-		return nil
-	}
-	return apply(ctx, r, pool, pdb, &policyv1.PodDisruptionBudget{ObjectMeta: nameOf(pdb)}, func(existing *policyv1.PodDisruptionBudget) {
-		existing.Spec.MaxUnavailable, existing.Spec.MinAvailable = pdb.Spec.MaxUnavailable, nil
-		existing.Spec.Selector = pdb.Spec.Selector
-	})
-}
-
-// mergePorts keeps the defaults the API server filled in (protocol) so an
-// unchanged Service compares equal.
-func mergePorts(want, have []corev1.ServicePort) []corev1.ServicePort {
-	if equality.Semantic.DeepDerivative(want, have) {
-		return have
-	}
-	return want
-}
-
-func nameOf(o client.Object) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Name: o.GetName(), Namespace: o.GetNamespace()}
-}
-
-// apply creates the desired child, or updates the existing one through
-// mutate (which copies the fields the operator owns from desired). obj
-// starts with only a name and is filled from the cache, so an unchanged
-// child costs no API call. Labels are merged (others' labels stay) and the
-// pool becomes the controller owner.
-func apply[T client.Object](ctx context.Context, r *WorkerPoolReconciler, pool *v1.WorkerPool, desired, obj T, mutate func(T)) error {
-	want := desired.GetLabels()
-	op, err := controllerutil.CreateOrUpdate(ctx, r.Client, obj, func() error {
-		l := obj.GetLabels()
-		if l == nil {
-			l = map[string]string{}
-		}
-		for k, v := range want {
-			l[k] = v
-		}
-		obj.SetLabels(l)
-		mutate(obj)
-		return controllerutil.SetControllerReference(pool, obj, r.Scheme)
-	})
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", kindOf(obj), obj.GetName(), err)
-	}
-	if op != controllerutil.OperationResultNone {
-		r.Metrics.childWrite(pool, kindOf(obj), string(op))
-		ctrl.LoggerFrom(ctx).Info("child "+string(op), "kind", kindOf(obj), "name", obj.GetName())
-	}
-	return nil
-}
-
-func kindOf(o client.Object) string {
-	switch o.(type) {
-	case *corev1.ConfigMap:
-		return "ConfigMap"
-	case *appsv1.Deployment:
-		return "Deployment"
-	case *corev1.Service:
-		return "Service"
-	case *policyv1.PodDisruptionBudget:
-		return "PodDisruptionBudget"
-	}
-	return fmt.Sprintf("%T", o)
-}
-
-// observe reads the Deployment and the pods from the cache and scrapes
-// every ready pod.
+// observe reads what the status is computed from: the Deployment (if the
+// pass did not write it), the pool's pods, and their metrics.
 func (r *WorkerPoolReconciler) observe(ctx context.Context, pool *v1.WorkerPool, obs *observation) error {
-	dep := &appsv1.Deployment{}
-	switch err := r.Get(ctx, client.ObjectKeyFromObject(pool), dep); {
-	case apierrors.IsNotFound(err):
-	case err != nil:
-		return fmt.Errorf("get Deployment: %w", err)
-	case metav1.IsControlledBy(dep, pool):
-		obs.Deployment = dep
+	var errs []error
+	if obs.Deployment == nil {
+		dep := &appsv1.Deployment{}
+		switch err := r.Get(ctx, client.ObjectKeyFromObject(pool), dep); {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			errs = append(errs, fmt.Errorf("get Deployment: %w", err))
+		case metav1.IsControlledBy(dep, pool):
+			obs.Deployment = dep
+		}
+	}
+	template := ""
+	if obs.Deployment != nil {
+		template = obs.Deployment.Spec.Template.Annotations[v1.TemplateHashAnnotation]
 	}
 	pods := &corev1.PodList{}
 	if err := r.List(ctx, pods, client.InNamespace(pool.Namespace), client.MatchingLabels(selectorLabels(pool))); err != nil {
-		return fmt.Errorf("list pods: %w", err)
+		return errors.Join(append(errs, fmt.Errorf("list pods: %w", err))...)
 	}
 	var targets []scrapeTarget
-	var index []int
+	present := map[string]bool{}
 	for i := range pods.Items {
 		p := &pods.Items[i]
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-			continue
+		if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue // leaving the pool: a terminating pod drains
 		}
-		o := podObservation{Name: p.Name, Ready: podReady(p)}
+		present[p.Name] = true
+		o := podObservation{Name: p.Name, Ready: podReady(p), Problem: diagnosePod(p),
+			Current: template != "" && p.Annotations[v1.TemplateHashAnnotation] == template}
 		if o.Ready {
-			t, err := targetFor(p)
-			if err != nil {
+			if t, err := targetFor(p); err != nil {
 				o.Err = err
 			} else {
 				targets = append(targets, t)
-				index = append(index, len(obs.Pods))
 			}
 		}
 		obs.Pods = append(obs.Pods, o)
 	}
-	start := time.Now()
-	samples, errs := r.Scraper.ScrapeAll(ctx, targets)
-	if r.Metrics != nil && len(targets) > 0 {
-		r.Metrics.scrapePass.Observe(time.Since(start).Seconds())
+	r.scrape(ctx, pool, targets, present, obs)
+	return errors.Join(errs...)
+}
+
+// scrape reads the ready pods' metrics, unless the pool was read less than
+// a status interval ago and its ready pods are the same, and fills each
+// pod's sample: fresh, or its recent last good one when this scrape failed.
+func (r *WorkerPoolReconciler) scrape(ctx context.Context, pool *v1.WorkerPool, targets []scrapeTarget, present map[string]bool, obs *observation) {
+	key := client.ObjectKeyFromObject(pool)
+	now := r.now()
+	if r.samples.due(key, targets, now, r.StatusInterval) {
+		samples, errs := []*podSample(nil), []error(nil)
+		if len(targets) > 0 {
+			start := time.Now()
+			samples, errs = r.Scraper.ScrapeAll(ctx, targets)
+			if r.Metrics != nil {
+				r.Metrics.scrapePass.Observe(time.Since(start).Seconds())
+			}
+		}
+		r.samples.record(key, targets, samples, errs, now, present)
+		r.Metrics.scrapeErrors(pool, countErrors(errs))
 	}
-	for j, i := range index {
-		obs.Pods[i].Sample, obs.Pods[i].Err = samples[j], errs[j]
+	scrapedAt, records := r.samples.lookup(key)
+	if !scrapedAt.IsZero() {
+		obs.ScrapedAt = metav1.NewTime(scrapedAt)
 	}
-	obs.Now = metav1.NewTime(r.now())
-	return nil
+	maxAge := sampleMaxAge * r.StatusInterval
+	for i := range obs.Pods {
+		p := &obs.Pods[i]
+		rec, ok := records[p.Name]
+		if !p.Ready || !ok {
+			continue
+		}
+		p.Err = rec.err
+		if rec.sample == nil {
+			continue
+		}
+		age := now.Sub(rec.sampled)
+		if rec.err != nil && age > maxAge {
+			continue // too old to stand for the pod
+		}
+		p.Sample, p.Stale, p.SampleAge = rec.sample, rec.err != nil, age
+	}
 }
 
 func (r *WorkerPoolReconciler) now() time.Time {
@@ -302,14 +219,42 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
-func countErrors(pods []podObservation) int {
+func countErrors(errs []error) int {
 	n := 0
-	for _, p := range pods {
-		if p.Ready && p.Err != nil {
+	for _, err := range errs {
+		if err != nil {
 			n++
 		}
 	}
 	return n
+}
+
+// writeStatus is the pass's last step, run however it ended: it computes
+// the status from what was observed and writes it when it changed, guarded
+// by the resourceVersion read at the start, so that a newer pool (a new
+// generation, or a status the cache had not caught up with) is never
+// overwritten. Transition events are emitted only once the write succeeded,
+// and so once per transition.
+func (r *WorkerPoolReconciler) writeStatus(ctx context.Context, pool *v1.WorkerPool, obs *observation, result ctrl.Result, passErr error) (ctrl.Result, error) {
+	next := computeStatus(pool, *obs)
+	r.Metrics.observe(pool, &next)
+	if !statusNeedsWrite(pool.Status, next) {
+		return result, passErr
+	}
+	updated := pool.DeepCopy()
+	updated.Status = next
+	if err := r.Status().Update(ctx, updated); err != nil {
+		if apierrors.IsConflict(err) {
+			// The cache had not caught up with a newer pool yet: try again
+			// with it. Not an error worth a log line.
+			return ctrl.Result{RequeueAfter: conflictRetry}, passErr
+		}
+		return result, errors.Join(passErr, fmt.Errorf("write WorkerPool status: %w", err))
+	}
+	ctrl.LoggerFrom(ctx).V(1).Info("status written", "ready", next.ReadyReplicas, "pending", next.FFI.PendingEvents,
+		"saturation", next.Dispatch.CompletionSaturationPercent)
+	r.emitEvents(pool, transitionEvents(pool.Status.Conditions, next.Conditions))
+	return result, passErr
 }
 
 // emitEvents records condition transitions on the pool.
@@ -322,19 +267,6 @@ func (r *WorkerPoolReconciler) emitEvents(pool *v1.WorkerPool, evs []conditionEv
 	}
 }
 
-// writeStatus is the reconcile's single status write: the whole status,
-// guarded by the resourceVersion read at the start, so a concurrent change
-// (a new generation) is never overwritten with stale conditions; a conflict
-// simply requeues.
-func (r *WorkerPoolReconciler) writeStatus(ctx context.Context, pool *v1.WorkerPool, next v1.WorkerPoolStatus) error {
-	pool = pool.DeepCopy()
-	pool.Status = next
-	if err := r.Status().Update(ctx, pool); err != nil {
-		return fmt.Errorf("write WorkerPool status: %w", err)
-	}
-	return nil
-}
-
 // SetupWithManager watches pools, their children and their pods. Pods are
 // not owned by the pool (a ReplicaSet owns them), so they are mapped to
 // their pool through the pool label.
@@ -345,7 +277,7 @@ func (r *WorkerPoolReconciler) SetupWithManager(mgr ctrl.Manager, concurrency in
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
-		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPool), builder.WithPredicates(podReadinessChanged())).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPool), builder.WithPredicates(podStateChanged())).
 		WithOptions(controllerOptions(concurrency)).
 		Named("workerpool").
 		Complete(r)
@@ -359,10 +291,12 @@ func podToPool(_ context.Context, o client.Object) []reconcile.Request {
 	return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: o.GetNamespace(), Name: name}}}
 }
 
-// podReadinessChanged lets through pod creations, deletions and changes of
-// readiness or IP: what changes which pods are scraped. Other pod updates
-// (every kubelet status heartbeat) would only add load.
-func podReadinessChanged() predicate.Predicate {
+// podStateChanged lets through pod creations, deletions and the changes
+// the status is computed from: readiness, IP, termination, template, and
+// what blocks the pod (so Stalled follows a pull error or a crash loop at
+// once). Other pod updates (every kubelet status heartbeat, each restart of
+// a crash-looping container) would only add load.
+func podStateChanged() predicate.Predicate {
 	return predicate.Funcs{
 		UpdateFunc: func(e event.UpdateEvent) bool {
 			o, ok1 := e.ObjectOld.(*corev1.Pod)
@@ -370,7 +304,10 @@ func podReadinessChanged() predicate.Predicate {
 			if !ok1 || !ok2 {
 				return true
 			}
-			return podReady(o) != podReady(n) || o.Status.PodIP != n.Status.PodIP || (o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil)
+			return podReady(o) != podReady(n) || o.Status.PodIP != n.Status.PodIP ||
+				(o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil) || o.Status.Phase != n.Status.Phase ||
+				o.Annotations[v1.TemplateHashAnnotation] != n.Annotations[v1.TemplateHashAnnotation] ||
+				diagnosePod(o).Reason != diagnosePod(n).Reason
 		},
 	}
 }

@@ -229,6 +229,13 @@ type FFIStatus struct {
 	OldestPendingAge string `json:"oldestPendingAge,omitempty"`
 	// StarvingEvents counts pending events older than the starvation threshold.
 	StarvingEvents int32 `json:"starvingEvents"`
+	// UnpolledEvents is the FFI events waiting to be polled, across pods.
+	// +optional
+	UnpolledEvents int32 `json:"unpolledEvents,omitempty"`
+	// OldestUnpolledAge is how long the oldest event waiting to be polled has
+	// waited, among pods: how long the foreign pollers have not polled.
+	// +optional
+	OldestUnpolledAge string `json:"oldestUnpolledAge,omitempty"`
 }
 
 // PodMetrics is one pod's view, for kubectl describe (worst first).
@@ -244,12 +251,20 @@ type PodMetrics struct {
 	// OldestPendingAge is the pod's oldest pending FFI event's age.
 	// +optional
 	OldestPendingAge string `json:"oldestPendingAge,omitempty"`
+	// OldestUnpolledAge is the age of the pod's oldest FFI event waiting to be polled.
+	// +optional
+	OldestUnpolledAge string `json:"oldestUnpolledAge,omitempty"`
 	// CompletionSaturationPercent is the pod's completion-channel fill.
 	CompletionSaturationPercent int32 `json:"completionSaturationPercent"`
-	// ScrapeError says why the pod's metrics could not be read, so that
-	// kubectl describe shows which pod to look at and why.
+	// ScrapeError says why the pod's metrics could not be read in the last
+	// pass, so that kubectl describe shows which pod to look at and why. The
+	// figures above are then the pod's last good sample, if it is recent.
 	// +optional
 	ScrapeError string `json:"scrapeError,omitempty"`
+	// Problem is what keeps the pod from running, if anything: an image that
+	// cannot be pulled, a missing Secret, a crash loop, no node to run on.
+	// +optional
+	Problem string `json:"problem,omitempty"`
 }
 
 // WorkerPoolStatus is what the operator observed: replica counts from the
@@ -282,14 +297,16 @@ type WorkerPoolStatus struct {
 	// SemaphoreAcquisitionFailures is the pods' dispatches without a permit.
 	// +optional
 	SemaphoreAcquisitionFailures int64 `json:"semaphoreAcquisitionFailures,omitempty"`
-	// LastScrapeTime is when the pods' metrics were last read.
+	// LastScrapeTime is when the pods' metrics were last read. A pool is read
+	// at most once per status interval unless its set of ready pods changes.
 	// +optional
 	LastScrapeTime *metav1.Time `json:"lastScrapeTime,omitempty"`
 	// Pods is a bounded, worst-first list of pods, for kubectl describe.
 	// +kubebuilder:validation:MaxItems=20
 	// +optional
 	Pods []PodMetrics `json:"pods,omitempty"`
-	// Conditions: Ready, Available, Progressing, Starving, Backpressure, MetricsAvailable.
+	// Conditions: Ready, Reconciling, Stalled, Available, Progressing,
+	// Starving, Backpressure, MetricsAvailable (docs/operator.md has the table).
 	// +listType=map
 	// +listMapKey=type
 	// +optional
@@ -303,6 +320,7 @@ type WorkerPoolStatus struct {
 // +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector
 // +kubebuilder:resource:shortName=wp
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Replicas",type=string,JSONPath=`.status.readyReplicas`
 // +kubebuilder:printcolumn:name="Pending",type=integer,JSONPath=`.status.ffi.pendingEvents`
 // +kubebuilder:printcolumn:name="Oldest",type=string,JSONPath=`.status.ffi.oldestPendingAge`

@@ -145,7 +145,7 @@ func run(o options) error {
 	}
 	r := &controllers.WorkerPoolReconciler{
 		Client:         mgr.GetClient(),
-		Scheme:         mgr.GetScheme(),
+		APIReader:      mgr.GetAPIReader(),
 		Recorder:       mgr.GetEventRecorder(controllers.FieldOwner),
 		Scraper:        controllers.NewScraper(o.scrapeTimeout, o.scrapeConcurrency),
 		Metrics:        poolMetrics,

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/scale"
 	"k8s.io/client-go/util/retry"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
@@ -60,9 +61,11 @@ func TestChildrenOfAPool(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "children-config", Namespace: operatedNS}}
-	waitForChild(t, cm)
+	cm := mountedConfigMap(t, wp)
 	ownedBy(t, cm, wp)
+	if !strings.HasPrefix(cm.Name, "children-config-") || cm.Immutable == nil || !*cm.Immutable {
+		t.Errorf("ConfigMap %s immutable=%v, want children-config-<hash>, immutable", cm.Name, cm.Immutable)
+	}
 	cfgFile, err := config.Parse([]byte(cm.Data["worker.toml"]))
 	if err != nil {
 		t.Fatalf("the worker refuses the rendered worker.toml: %v", err)
@@ -106,15 +109,6 @@ func TestChildrenOfAPool(t *testing.T) {
 	if sc := c.SecurityContext; *sc.AllowPrivilegeEscalation || !*sc.ReadOnlyRootFilesystem || sc.Capabilities.Drop[0] != "ALL" {
 		t.Errorf("container security context %+v", sc)
 	}
-	mounted := false
-	for _, v := range ps.Volumes {
-		if v.ConfigMap != nil && v.ConfigMap.Name == "children-config" {
-			mounted = true
-		}
-	}
-	if !mounted {
-		t.Error("worker.toml ConfigMap not mounted")
-	}
 
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "children", Namespace: operatedNS}}
 	waitForChild(t, svc)
@@ -126,7 +120,8 @@ func TestChildrenOfAPool(t *testing.T) {
 	pdb := &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Name: "children", Namespace: operatedNS}}
 	waitForChild(t, pdb)
 	ownedBy(t, pdb, wp)
-	if pdb.Spec.MaxUnavailable.IntValue() != 1 || pdb.Spec.Selector.MatchLabels[v1.PoolLabel] != "children" {
+	if pdb.Spec.MaxUnavailable.IntValue() != 1 || pdb.Spec.Selector.MatchLabels[v1.PoolLabel] != "children" ||
+		pdb.Spec.UnhealthyPodEvictionPolicy == nil || *pdb.Spec.UnhealthyPodEvictionPolicy != policyv1.AlwaysAllow {
 		t.Errorf("pdb %+v", pdb.Spec)
 	}
 
@@ -150,9 +145,12 @@ func TestChildrenOfAPool(t *testing.T) {
 	}
 }
 
-// A configuration change rewrites worker.toml and changes the hash on the
-// pod template, so the Deployment rolls the pods; a change that does not
-// touch the file (replicas) leaves the template alone.
+// A configuration change writes worker.toml into a new ConfigMap, named
+// after its content, and the pod template mounts it, so the Deployment rolls
+// the pods; a change that does not touch the file (replicas) leaves the
+// template alone. The old ConfigMap stays while a ReplicaSet still mounts it
+// (its pods may restart mid-rollout, or it may be rolled back to), and goes
+// once none does.
 func TestConfigChangeRollsThePods(t *testing.T) {
 	wp := operatedPool("rolling")
 	if err := k8s.Create(ctx(t), wp); err != nil {
@@ -161,6 +159,9 @@ func TestConfigChangeRollsThePods(t *testing.T) {
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "rolling", Namespace: operatedNS}}
 	waitForChild(t, dep)
 	before := dep.Spec.Template.Annotations[v1.ConfigHashAnnotation]
+	oldCM := mountedConfigMap(t, wp)
+	// The Deployment controller's ReplicaSet of this template mounts it.
+	rs := replicaSetOf(t, dep)
 
 	update(t, wp, func(w *v1.WorkerPool) { w.Spec.Replicas = ptr(int32(2)) })
 	eventually(t, "replicas follow the spec", 20*time.Second, func() (bool, string) {
@@ -177,16 +178,196 @@ func TestConfigChangeRollsThePods(t *testing.T) {
 		_ = k8s.Get(ctx(t), keyOf(dep), dep)
 		return dep.Spec.Template.Annotations[v1.ConfigHashAnnotation] != before, dep.Spec.Template.Annotations[v1.ConfigHashAnnotation]
 	})
-	cm := &corev1.ConfigMap{}
-	if err := k8s.Get(ctx(t), client.ObjectKey{Namespace: operatedNS, Name: "rolling-config"}, cm); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(cm.Data["worker.toml"], "handler_timeout_ms = 45000") {
-		t.Errorf("worker.toml not updated:\n%s", cm.Data["worker.toml"])
+	cm := mountedConfigMap(t, wp)
+	if cm.Name == oldCM.Name || !strings.Contains(cm.Data["worker.toml"], "handler_timeout_ms = 45000") {
+		t.Errorf("new ConfigMap %s (old %s):\n%s", cm.Name, oldCM.Name, cm.Data["worker.toml"])
 	}
 	if dep.Generation != genBefore+1 {
 		t.Errorf("Deployment generation %d → %d: the template was written more than once", genBefore, dep.Generation)
 	}
+	// Several passes later the old file is still there, unchanged: its
+	// ReplicaSet's pods may still read it.
+	waitPasses(t, wp, 3)
+	kept := &corev1.ConfigMap{}
+	if err := k8s.Get(ctx(t), keyOf(oldCM), kept); err != nil {
+		t.Fatalf("the old ConfigMap went while a ReplicaSet mounts it: %v", err)
+	}
+	if kept.Data["worker.toml"] != oldCM.Data["worker.toml"] {
+		t.Error("the old ConfigMap was changed in place")
+	}
+	// The ReplicaSet leaves the revision history: so does the old file.
+	if err := k8s.Delete(ctx(t), rs); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "old ConfigMap removed", 20*time.Second, func() (bool, string) {
+		err := k8s.Get(ctx(t), keyOf(oldCM), &corev1.ConfigMap{})
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
+	if err := k8s.Get(ctx(t), keyOf(cm), &corev1.ConfigMap{}); err != nil {
+		t.Errorf("the current ConfigMap: %v", err)
+	}
+}
+
+// replicaSetOf plays the Deployment controller: a ReplicaSet of dep's
+// current template (envtest runs no controllers).
+func replicaSetOf(t *testing.T, dep *appsv1.Deployment) *appsv1.ReplicaSet {
+	t.Helper()
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: dep.Name + "-1", Namespace: dep.Namespace, Labels: dep.Spec.Template.Labels,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(dep, appsv1.SchemeGroupVersion.WithKind("Deployment"))}},
+		Spec: appsv1.ReplicaSetSpec{Replicas: dep.Spec.Replicas, Selector: dep.Spec.Selector, Template: dep.Spec.Template},
+	}
+	if err := k8s.Create(ctx(t), rs); err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+// waitPasses waits until the operator computed the pool's status n more
+// times.
+func waitPasses(t *testing.T, wp *v1.WorkerPool, n float64) {
+	t.Helper()
+	labels := map[string]string{"namespace": wp.Namespace, "workerpool": wp.Name}
+	start := sumOperatorMetric(t, "workerpool_reconciles_total", labels)
+	eventually(t, fmt.Sprintf("%v more passes", n), 20*time.Second, func() (bool, string) {
+		p := sumOperatorMetric(t, "workerpool_reconciles_total", labels)
+		return p >= start+n, fmt.Sprint(p)
+	})
+}
+
+// Removing a field from the spec removes it from the pods, because the
+// operator owns what it applied (server-side apply); what other tools set on
+// the Deployment stays.
+func TestFieldRemovalReachesTheDeployment(t *testing.T) {
+	wp := operatedPool("removal")
+	wp.Spec.Env = []corev1.EnvVar{{Name: "FOO", Value: "1"}, {Name: "BAR", Value: "2"}}
+	wp.Spec.Command = []string{"/bin/worker"}
+	wp.Spec.Args = []string{"run", "--verbose"}
+	wp.Spec.PodAnnotations = map[string]string{"example.com/team": "payments"}
+	wp.Spec.NodeSelector = map[string]string{"pool": "workers"}
+	wp.Spec.Tolerations = []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpExists}}
+	wp.Spec.Resources = corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")}}
+	wp.Spec.ServiceAccountName = "payments-worker"
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "removal", Namespace: operatedNS}}
+	eventually(t, "every field on the Deployment", 20*time.Second, func() (bool, string) {
+		if err := k8s.Get(ctx(t), keyOf(dep), dep); err != nil {
+			return false, err.Error()
+		}
+		c := dep.Spec.Template.Spec.Containers[0]
+		return len(c.Command) == 1 && dep.Spec.Template.Spec.ServiceAccountName == "payments-worker", fmt.Sprintf("%+v", c)
+	})
+	// Another tool annotates the Deployment and its template (as kubectl
+	// rollout restart does), with its own field manager.
+	other := &appsv1.Deployment{}
+	if err := k8s.Get(ctx(t), keyOf(dep), other); err != nil {
+		t.Fatal(err)
+	}
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := k8s.Get(ctx(t), keyOf(dep), other); err != nil {
+			return err
+		}
+		other.Annotations["example.com/owner"] = "platform-team"
+		other.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = "2026-12-06T10:00:00Z"
+		return k8s.Update(ctx(t), other, client.FieldOwner("kubectl-rollout"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	update(t, wp, func(w *v1.WorkerPool) {
+		w.Spec.Env = []corev1.EnvVar{{Name: "BAR", Value: "2"}}
+		w.Spec.Command, w.Spec.Args, w.Spec.PodAnnotations, w.Spec.NodeSelector, w.Spec.Tolerations = nil, nil, nil, nil, nil
+		w.Spec.Resources = corev1.ResourceRequirements{}
+		w.Spec.ServiceAccountName = ""
+	})
+	eventually(t, "removed fields leave the Deployment", 20*time.Second, func() (bool, string) {
+		if err := k8s.Get(ctx(t), keyOf(dep), dep); err != nil {
+			return false, err.Error()
+		}
+		ps := dep.Spec.Template.Spec
+		c := ps.Containers[0]
+		var left []string
+		for _, e := range c.Env {
+			if e.Name == "FOO" {
+				left = append(left, "env FOO")
+			}
+		}
+		if len(c.Command) > 0 || len(c.Args) > 0 {
+			left = append(left, "command/args")
+		}
+		if _, ok := dep.Spec.Template.Annotations["example.com/team"]; ok {
+			left = append(left, "pod annotation")
+		}
+		if len(ps.NodeSelector) > 0 || len(ps.Tolerations) > 0 {
+			left = append(left, "nodeSelector/tolerations")
+		}
+		if len(c.Resources.Limits) > 0 {
+			left = append(left, "resource limits")
+		}
+		if ps.ServiceAccountName != "" && ps.ServiceAccountName != "default" {
+			left = append(left, "serviceAccountName "+ps.ServiceAccountName)
+		}
+		return len(left) == 0, fmt.Sprint("still there: ", left)
+	})
+	c := dep.Spec.Template.Spec.Containers[0]
+	if len(c.Env) == 0 || c.Env[len(c.Env)-1].Name != "BAR" {
+		t.Errorf("kept env %+v", c.Env)
+	}
+	if dep.Annotations["example.com/owner"] != "platform-team" || dep.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] == "" {
+		t.Errorf("another tool's annotations were removed: %v %v", dep.Annotations, dep.Spec.Template.Annotations)
+	}
+}
+
+// An object the operator does not own that holds a child's name is never
+// taken over: the pool is Stalled (ChildConflict) naming it, with its
+// generation observed, and kstatus says Failed. Once it is gone the pool
+// creates its own.
+func TestChildConflictIsStalled(t *testing.T) {
+	foreign := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "taken", Namespace: operatedNS, Labels: map[string]string{"app": "other"}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}, Selector: map[string]string{"app": "other"}}}
+	if err := k8s.Create(ctx(t), foreign); err != nil {
+		t.Fatal(err)
+	}
+	wp := operatedPool("taken")
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	got := waitForStatus(t, wp, "Stalled ChildConflict", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionStalled).Reason == v1.ReasonChildConflict
+	})
+	s := condition(got, v1.ConditionStalled)
+	if s.Status != metav1.ConditionTrue || !strings.Contains(s.Message, "Service operated/taken exists and is not this pool's (no controller)") ||
+		got.Status.ObservedGeneration != got.Generation || s.ObservedGeneration != got.Generation {
+		t.Errorf("Stalled %+v, observedGeneration %d of %d", s, got.Status.ObservedGeneration, got.Generation)
+	}
+	if r := condition(got, v1.ConditionReady); r.Status != metav1.ConditionFalse || r.Reason != v1.ReasonChildConflict {
+		t.Errorf("Ready %+v", r)
+	}
+	if res := kstatusOf(t, wp); res.Status != kstatus.FailedStatus || !strings.Contains(res.Message, "Service operated/taken") {
+		t.Errorf("kstatus %s: %s", res.Status, res.Message)
+	}
+	waitForEvent(t, wp, v1.ReasonChildConflict, corev1.EventTypeWarning)
+	svc := &corev1.Service{}
+	if err := k8s.Get(ctx(t), keyOf(foreign), svc); err != nil {
+		t.Fatal(err)
+	}
+	if len(svc.OwnerReferences) != 0 || svc.Spec.Selector["app"] != "other" || svc.Labels[v1.PoolLabel] != "" {
+		t.Errorf("the foreign Service was taken over: %+v", svc)
+	}
+
+	if err := k8s.Delete(ctx(t), foreign); err != nil {
+		t.Fatal(err)
+	}
+	waitForStatus(t, wp, "Stalled clears", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionStalled).Status == metav1.ConditionFalse
+	})
+	own := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "taken", Namespace: operatedNS}}
+	waitForChild(t, own)
+	ownedBy(t, own, wp)
+	waitForEvent(t, wp, "StalledCleared", corev1.EventTypeNormal)
 }
 
 // A spec the schema accepts but the worker would refuse is reported on

@@ -18,7 +18,9 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/util/retry"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
@@ -108,12 +110,16 @@ func rollOut(t *testing.T, wp *v1.WorkerPool, n int32) {
 	}
 }
 
-// addPod plays the kubelet: a pod of the pool, Running and Ready, whose IP
-// and "metrics" port are where a real metrics endpoint listens.
+// addPod plays the ReplicaSet and the kubelet: a pod of the pool on the
+// Deployment's current template, Running and Ready, whose IP and "metrics"
+// port are where a real metrics endpoint listens.
 func addPod(t *testing.T, wp *v1.WorkerPool, name string, addr *net.TCPAddr) *corev1.Pod {
 	t.Helper()
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: wp.Name, Namespace: wp.Namespace}}
+	waitForChild(t, dep)
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: wp.Namespace, Labels: map[string]string{v1.PoolLabel: wp.Name}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: wp.Namespace, Labels: map[string]string{v1.PoolLabel: wp.Name},
+			Annotations: map[string]string{v1.TemplateHashAnnotation: dep.Spec.Template.Annotations[v1.TemplateHashAnnotation]}},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "worker", Image: wp.Spec.Image,
 			Ports: []corev1.ContainerPort{{Name: v1.MetricsPortName, ContainerPort: int32(addr.Port)}}}}},
 	}
@@ -144,6 +150,59 @@ func setPodReady(t *testing.T, pod *corev1.Pod, ip string, ready bool) {
 	}
 }
 
+// moveToCurrentTemplate plays a rollout for pod: it now runs the
+// Deployment's current template.
+func moveToCurrentTemplate(t *testing.T, wp *v1.WorkerPool, pod *corev1.Pod) {
+	t.Helper()
+	dep := &appsv1.Deployment{}
+	if err := k8s.Get(context.Background(), keyOf(wp), dep); err != nil {
+		t.Fatal(err)
+	}
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := k8s.Get(context.Background(), keyOf(pod), pod); err != nil {
+			return err
+		}
+		pod.Annotations[v1.TemplateHashAnnotation] = dep.Spec.Template.Annotations[v1.TemplateHashAnnotation]
+		return k8s.Update(context.Background(), pod)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mountedConfigMap is the worker.toml ConfigMap the pool's Deployment
+// mounts, once the operator created both.
+func mountedConfigMap(t *testing.T, wp *v1.WorkerPool) *corev1.ConfigMap {
+	t.Helper()
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: wp.Name, Namespace: wp.Namespace}}
+	waitForChild(t, dep)
+	for _, vol := range dep.Spec.Template.Spec.Volumes {
+		if vol.ConfigMap != nil {
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: vol.ConfigMap.Name, Namespace: wp.Namespace}}
+			waitForChild(t, cm)
+			return cm
+		}
+	}
+	t.Fatalf("Deployment %s mounts no ConfigMap", wp.Name)
+	return nil
+}
+
+// kstatusOf is what kstatus (sigs.k8s.io/cli-utils, as Flux, Argo CD and
+// kpt use it) computes for the pool as the API server serves it now.
+func kstatusOf(t *testing.T, wp *v1.WorkerPool) *kstatus.Result {
+	t.Helper()
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(v1.GroupVersion.WithKind("WorkerPool"))
+	if err := k8s.Get(context.Background(), keyOf(wp), u); err != nil {
+		t.Fatal(err)
+	}
+	res, err := kstatus.Compute(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 // metricsEndpoint is a real Prometheus endpoint serving the worker metrics
 // the operator reads, with values the test sets.
 type metricsEndpoint struct {
@@ -155,6 +214,7 @@ type metricsEndpoint struct {
 
 var workerGauges = []string{"tasker_dispatch_in_flight", "tasker_dispatch_capacity", "tasker_channel_completion_saturation",
 	"tasker_ffi_pending_events", "tasker_ffi_oldest_event_age_ms", "tasker_ffi_starving_events",
+	"tasker_ffi_unpolled_events", "tasker_ffi_oldest_unpolled_age_ms",
 	"tasker_callback_timeouts_total", "tasker_semaphore_acquisition_failures_total"}
 
 // startEndpoint listens on ip (a 127.0.0.0/8 address) and serves the page

@@ -9,10 +9,13 @@ import (
 	"sync"
 	"testing"
 
+	"fmt"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
@@ -111,16 +114,18 @@ func TestStatusFollowsThePodsMetrics(t *testing.T) {
 	})
 	waitForEvent(t, wp, "BackpressureCleared", corev1.EventTypeNormal)
 
-	// A pod that stops answering is named; the other still counts.
+	// A pod that stops answering is named; its last sample counts while it
+	// is recent, then the pool's figures leave it out. One unreadable pod
+	// does not make the pool not Ready.
 	b.Stop()
-	got = waitForStatus(t, wp, "MetricsAvailable=False", func(w *v1.WorkerPool) bool {
-		return condition(w, v1.ConditionMetricsAvailable).Status == metav1.ConditionFalse
+	got = waitForStatus(t, wp, "observed-b unreadable", func(w *v1.WorkerPool) bool {
+		return strings.Contains(condition(w, v1.ConditionMetricsAvailable).Message, "1 unreadable: observed-b (")
 	})
-	if c := condition(got, v1.ConditionMetricsAvailable); c.Reason != v1.ReasonScrapeFailed ||
-		!strings.Contains(c.Message, "1 of 2 ready pods could not be read: observed-b (") {
+	if c := condition(got, v1.ConditionMetricsAvailable); c.Status != metav1.ConditionTrue || c.Reason != v1.ReasonPartialScrape ||
+		!strings.HasPrefix(c.Message, "read 1 of 2 ready pods") {
 		t.Errorf("MetricsAvailable %+v", c)
 	}
-	if c := condition(got, v1.ConditionReady); c.Status != metav1.ConditionFalse || c.Reason != v1.ReasonScrapeFailed {
+	if c := condition(got, v1.ConditionReady); c.Status != metav1.ConditionTrue {
 		t.Errorf("Ready %+v", c)
 	}
 	if got.Status.Dispatch.Capacity != 10 || got.Status.Pods[0].Name != "observed-b" || got.Status.Pods[0].ScrapeError == "" {
@@ -129,6 +134,155 @@ func TestStatusFollowsThePodsMetrics(t *testing.T) {
 	if v := scrapeErrorsMetric(t, "observed"); v < 1 {
 		t.Errorf("workerpool_scrape_errors_total = %v", v)
 	}
+}
+
+// Ready follows the template, not the replica count: scaling keeps it True
+// (its transition time does not move), while a template change makes it
+// False for the new generation until every pod runs the new template, even
+// though the Deployment's status, read before the Deployment controller saw
+// the change, says everything is rolled out.
+func TestReadyThroughScaleAndRollout(t *testing.T) {
+	wp := operatedPool("steady")
+	wp.Spec.Replicas = ptr(int32(3))
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	rollOut(t, wp, 3)
+	var pods []*corev1.Pod
+	for i := range 3 {
+		pods = append(pods, addPod(t, wp, fmt.Sprintf("steady-%d", i), startEndpoint(t, fmt.Sprintf("127.0.0.%d", 41+i)).Addr))
+	}
+	got := waitForStatus(t, wp, "Ready", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionReady).Status == metav1.ConditionTrue && condition(w, v1.ConditionReconciling).Status == metav1.ConditionFalse
+	})
+	readySince := condition(got, v1.ConditionReady).LastTransitionTime
+	if res := kstatusOf(t, wp); res.Status != kstatus.CurrentStatus {
+		t.Errorf("kstatus of a ready pool: %s (%s)", res.Status, res.Message)
+	}
+
+	// Scale 3 → 4: the Deployment controller has not seen it, then a fourth
+	// pod starts.
+	update(t, wp, func(w *v1.WorkerPool) { w.Spec.Replicas = ptr(int32(4)) })
+	got = waitForStatus(t, wp, "scaling observed", func(w *v1.WorkerPool) bool {
+		return w.Status.ObservedGeneration == w.Generation && condition(w, v1.ConditionReconciling).Reason == v1.ReasonScaling
+	})
+	if c := condition(got, v1.ConditionReady); c.Status != metav1.ConditionTrue || !c.LastTransitionTime.Equal(&readySince) {
+		t.Errorf("Ready while scaling: %+v (True since %s)", c, readySince)
+	}
+	if res := kstatusOf(t, wp); res.Status != kstatus.InProgressStatus {
+		t.Errorf("kstatus while scaling: %s (%s)", res.Status, res.Message)
+	}
+	rollOut(t, wp, 4)
+	pods = append(pods, addPod(t, wp, "steady-3", startEndpoint(t, "127.0.0.44").Addr))
+	got = waitForStatus(t, wp, "scaled", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionReconciling).Status == metav1.ConditionFalse && w.Status.Dispatch.Capacity == 40
+	})
+	if c := condition(got, v1.ConditionReady); c.Status != metav1.ConditionTrue || !c.LastTransitionTime.Equal(&readySince) {
+		t.Errorf("Ready after scaling: %+v (True since %s)", c, readySince)
+	}
+
+	// A template change: not Ready for the new generation until it is
+	// rolled out, although the Deployment's status is the old one's.
+	update(t, wp, func(w *v1.WorkerPool) { w.Spec.Env = []corev1.EnvVar{{Name: "NEW", Value: "1"}} })
+	got = waitForStatus(t, wp, "new generation observed", func(w *v1.WorkerPool) bool { return w.Status.ObservedGeneration == w.Generation })
+	gen := got.Generation
+	for range 3 {
+		waitPasses(t, wp, 1)
+		got = getPool(t, wp)
+		if c := condition(got, v1.ConditionReady); got.Status.ObservedGeneration == gen && (c.Status != metav1.ConditionFalse || c.Reason != v1.ReasonRollingOut) {
+			t.Fatalf("Ready for generation %d before any pod runs its template: %+v", gen, c)
+		}
+	}
+	if c := condition(got, v1.ConditionProgressing); c.Status != metav1.ConditionTrue || c.Message != "0 of 4 pods run the current template" {
+		t.Errorf("Progressing %+v", c)
+	}
+	rollOut(t, wp, 4)
+	for _, p := range pods[:2] {
+		moveToCurrentTemplate(t, wp, p)
+	}
+	got = waitForStatus(t, wp, "halfway", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionProgressing).Message == "2 of 4 pods run the current template"
+	})
+	if c := condition(got, v1.ConditionReady); c.Status != metav1.ConditionFalse {
+		t.Errorf("Ready halfway through a rollout: %+v", c)
+	}
+	for _, p := range pods[2:] {
+		moveToCurrentTemplate(t, wp, p)
+	}
+	waitForStatus(t, wp, "rolled out", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionReady).Status == metav1.ConditionTrue && condition(w, v1.ConditionProgressing).Reason == v1.ReasonRolledOut
+	})
+}
+
+// A pod that cannot be read is not proof that its trouble went away: a
+// backpressured pool whose saturated pod stops answering stays
+// Backpressure=True, with no "cleared" event.
+func TestPartialScrapeKeepsBackpressure(t *testing.T) {
+	wp := operatedPool("partial")
+	wp.Spec.Replicas = ptr(int32(2))
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	calm, full := startEndpoint(t, "127.0.0.51"), startEndpoint(t, "127.0.0.52")
+	calm.Set("tasker_channel_completion_saturation", 0.1)
+	full.Set("tasker_channel_completion_saturation", 0.97)
+	rollOut(t, wp, 2)
+	addPod(t, wp, "partial-calm", calm.Addr)
+	addPod(t, wp, "partial-full", full.Addr)
+	waitForStatus(t, wp, "Backpressure Critical", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionBackpressure).Reason == v1.ReasonSaturationCritical
+	})
+	full.Stop()
+	got := waitForStatus(t, wp, "partial-full unreadable", func(w *v1.WorkerPool) bool {
+		return strings.Contains(condition(w, v1.ConditionMetricsAvailable).Message, "1 unreadable: partial-full (")
+	})
+	waitPasses(t, wp, 3)
+	got = getPool(t, wp)
+	if c := condition(got, v1.ConditionBackpressure); c.Status != metav1.ConditionTrue || c.Reason != v1.ReasonSaturationCritical ||
+		!strings.Contains(c.Message, "not cleared while 1 of 2 ready pods are unread") {
+		t.Errorf("Backpressure with the saturated pod unread: %+v", c)
+	}
+	if _, ok := poolEvents(t, wp)["BackpressureCleared"]; ok {
+		t.Error("a BackpressureCleared event although the saturated pod was not read")
+	}
+	if c := condition(got, v1.ConditionReady); c.Status != metav1.ConditionTrue {
+		t.Errorf("Ready with one of two pods unread: %+v", c)
+	}
+}
+
+// Each transition is one event, written after the status: a pool hovering
+// at the warning threshold does not alternate Warning and Cleared, and the
+// Warning event is not emitted twice (the event recorder would turn a
+// second one into a series).
+func TestOneEventPerTransition(t *testing.T) {
+	wp := operatedPool("hover")
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	e := startEndpoint(t, "127.0.0.61")
+	e.Set("tasker_channel_completion_saturation", 0.5)
+	rollOut(t, wp, 1)
+	addPod(t, wp, "hover-0", e.Addr)
+	waitForStatus(t, wp, "Ready", func(w *v1.WorkerPool) bool { return condition(w, v1.ConditionReady).Status == metav1.ConditionTrue })
+	e.Set("tasker_channel_completion_saturation", 0.81)
+	waitForEvent(t, wp, "BackpressureWarning", corev1.EventTypeWarning)
+	for i := range 6 {
+		e.Set("tasker_channel_completion_saturation", []float64{0.79, 0.81}[i%2])
+		waitPasses(t, wp, 2)
+	}
+	got := getPool(t, wp)
+	if c := condition(got, v1.ConditionBackpressure); c.Status != metav1.ConditionTrue || c.Reason != v1.ReasonSaturationWarning {
+		t.Errorf("Backpressure while hovering at the threshold: %+v", c)
+	}
+	evs := poolEvents(t, wp)
+	if _, ok := evs["BackpressureCleared"]; ok {
+		t.Error("a pool hovering at the threshold was reported cleared")
+	}
+	if ev := evs["BackpressureWarning"]; ev.Series != nil {
+		t.Errorf("BackpressureWarning emitted %d times for one transition", ev.Series.Count)
+	}
+	e.Set("tasker_channel_completion_saturation", 0.6)
+	waitForEvent(t, wp, "BackpressureCleared", corev1.EventTypeNormal)
 }
 
 // conditionMetric reads workerpool_status_condition from the operator's registry.
@@ -206,9 +360,7 @@ func TestStatusFromARealWorker(t *testing.T) {
 	if err := k8s.Create(ctx(t), wp); err != nil {
 		t.Fatal(err)
 	}
-	cm := &corev1.ConfigMap{}
-	cm.Name, cm.Namespace = "real-worker-config", operatedNS
-	waitForChild(t, cm)
+	cm := mountedConfigMap(t, wp)
 	cfgFile, err := config.Parse([]byte(cm.Data["worker.toml"]))
 	if err != nil {
 		t.Fatalf("rendered worker.toml refused: %v", err)

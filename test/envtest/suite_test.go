@@ -129,7 +129,7 @@ func startOperator() (stop func(), err error) {
 		return nil, err
 	}
 	r := &controllers.WorkerPoolReconciler{
-		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder(controllers.FieldOwner),
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder(controllers.FieldOwner),
 		Scraper: controllers.NewScraper(scrapeTimeout, 64), Metrics: pm, StatusInterval: statusInterval,
 	}
 	if err := r.SetupWithManager(mgr, 4); err != nil {

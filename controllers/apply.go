@@ -1,0 +1,289 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
+)
+
+// blockedError is a child write that cannot succeed until someone changes
+// something: the pool is Stalled with this reason, and the pass is not
+// retried with backoff (a change of the pool or the child reconciles again,
+// and so does the next status interval).
+type blockedError struct {
+	Reason  string // a Stalled reason: ChildConflict, Forbidden or InvalidSpec
+	Message string
+}
+
+func (e *blockedError) Error() string { return e.Message }
+
+// asBlocked returns the blockedError in err's chain, if any.
+func asBlocked(err error) *blockedError {
+	var b *blockedError
+	if errors.As(err, &b) {
+		return b
+	}
+	return nil
+}
+
+// applyChildren brings the pool's children in line with the plan and
+// returns its Deployment as the API server stored it in this pass (or, when
+// nothing changed, as the cache holds it, which then matches the plan).
+// Children the plan no longer has are deleted.
+func (r *WorkerPoolReconciler) applyChildren(ctx context.Context, pool *v1.WorkerPool, plan childPlan) (*appsv1.Deployment, error) {
+	var dep *appsv1.Deployment
+	for _, desired := range plan.objects() {
+		live, err := r.applyChild(ctx, pool, desired)
+		if err != nil {
+			return nil, err
+		}
+		if d, ok := live.(*appsv1.Deployment); ok {
+			dep = d
+		}
+	}
+	if plan.PDB == nil {
+		if err := r.deleteIfOwned(ctx, pool, &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Name: pool.Name, Namespace: pool.Namespace}}); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.pruneConfigMaps(ctx, pool, plan.ConfigMap.Name, dep); err != nil {
+		return nil, err
+	}
+	return dep, nil
+}
+
+// applyChild writes one planned child with server-side apply, unless the
+// cached child already carries the same applied hash and still holds every
+// value the plan sets (someone may have changed one back). It refuses to
+// touch an object of that name that the pool does not control.
+func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPool, desired client.Object) (client.Object, error) {
+	kind := kindOf(desired)
+	hash := hashOf(desired)
+	desired.SetAnnotations(withAnnotation(desired.GetAnnotations(), v1.AppliedHashAnnotation, hash))
+
+	live := desired.DeepCopyObject().(client.Object)
+	switch err := r.Get(ctx, client.ObjectKeyFromObject(desired), live); {
+	case err == nil:
+		if !metav1.IsControlledBy(live, pool) {
+			return nil, conflict(kind, live, pool)
+		}
+		if live.GetAnnotations()[v1.AppliedHashAnnotation] == hash && unchanged(desired, live) {
+			return live, nil
+		}
+	case apierrors.IsNotFound(err):
+		// The cache holds only objects labelled as the operator's. Look past
+		// it before creating, so that an object someone else made under this
+		// name is reported, never taken over.
+		probe := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: desired.GetObjectKind().GroupVersionKind().GroupVersion().String(), Kind: kind}}
+		switch err := r.apiReader().Get(ctx, client.ObjectKeyFromObject(desired), probe); {
+		case err == nil && !metav1.IsControlledBy(probe, pool):
+			return nil, conflict(kind, probe, pool)
+		case err != nil && !apierrors.IsNotFound(err):
+			return nil, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
+		}
+	default:
+		return nil, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
+	}
+
+	u, err := applyConfiguration(desired)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return nil, classifyWriteError(kind, desired.GetName(), err)
+	}
+	r.Metrics.childWrite(pool, kind, "applied")
+	ctrl.LoggerFrom(ctx).V(1).Info("child applied", "kind", kind, "name", desired.GetName())
+	written := desired.DeepCopyObject().(client.Object)
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, written); err != nil {
+		return nil, fmt.Errorf("read back %s %s: %w", kind, desired.GetName(), err)
+	}
+	return written, nil
+}
+
+// apiReader reads past the cache (the manager's API reader), or through the
+// client when none is set.
+func (r *WorkerPoolReconciler) apiReader() client.Reader {
+	if r.APIReader != nil {
+		return r.APIReader
+	}
+	return r.Client
+}
+
+// conflict reports that obj, which holds the name of one of the pool's
+// children, is not the pool's.
+func conflict(kind string, obj client.Object, pool *v1.WorkerPool) error {
+	owner := "no controller"
+	if ref := metav1.GetControllerOf(obj); ref != nil {
+		owner = fmt.Sprintf("controlled by %s %s", ref.Kind, ref.Name)
+		if ref.Kind == "WorkerPool" && ref.Name == pool.Name {
+			owner = "controlled by an earlier WorkerPool of this name (being garbage-collected)"
+		}
+	}
+	return &blockedError{Reason: v1.ReasonChildConflict, Message: fmt.Sprintf(
+		"%s %s/%s exists and is not this pool's (%s): rename or delete it, and the pool will create its own",
+		kind, obj.GetNamespace(), obj.GetName(), owner)}
+}
+
+// classifyWriteError tells a refusal that retrying cannot fix (RBAC, an
+// admission webhook or a quota; an object the API server finds invalid)
+// from one that may pass.
+func classifyWriteError(kind, name string, err error) error {
+	switch {
+	case apierrors.IsForbidden(err):
+		return &blockedError{Reason: v1.ReasonForbidden, Message: fmt.Sprintf("writing %s %s was refused: %v", kind, name, err)}
+	case apierrors.IsInvalid(err) || apierrors.IsBadRequest(err):
+		return &blockedError{Reason: v1.ReasonInvalidSpec, Message: fmt.Sprintf("the API server refused %s %s rendered from the spec: %v", kind, name, err)}
+	}
+	return fmt.Errorf("apply %s %s: %w", kind, name, err)
+}
+
+func withAnnotation(in map[string]string, key, value string) map[string]string {
+	out := make(map[string]string, len(in)+1)
+	for k, v := range in {
+		out[k] = v
+	}
+	out[key] = value
+	return out
+}
+
+// applyConfiguration is the desired object as a server-side apply request:
+// every field the operator sets and nothing else (no status, no creation
+// timestamps, which the typed object would send as null).
+func applyConfiguration(o client.Object) (*unstructured.Unstructured, error) {
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s as an apply request: %w", kindOf(o), o.GetName(), err)
+	}
+	delete(m, "status")
+	unstructured.RemoveNestedField(m, "metadata", "creationTimestamp")
+	unstructured.RemoveNestedField(m, "spec", "template", "metadata", "creationTimestamp")
+	return &unstructured.Unstructured{Object: m}, nil
+}
+
+// unchanged says whether live still holds every label, annotation, owner
+// and value the desired child sets. Fields the API server defaulted and
+// fields other managers added are ignored (a zero or empty desired value is
+// "don't care"); a field removed from the plan is caught by the applied hash
+// instead.
+func unchanged(desired, live client.Object) bool {
+	sem := equality.Semantic
+	if !sem.DeepDerivative(desired.GetLabels(), live.GetLabels()) ||
+		!sem.DeepDerivative(desired.GetAnnotations(), live.GetAnnotations()) ||
+		!sem.DeepDerivative(desired.GetOwnerReferences(), live.GetOwnerReferences()) {
+		return false
+	}
+	switch d := desired.(type) {
+	case *corev1.ConfigMap:
+		l := live.(*corev1.ConfigMap)
+		return sem.DeepEqual(d.Data, l.Data) && sem.DeepDerivative(d.Immutable, l.Immutable)
+	case *appsv1.Deployment:
+		return sem.DeepDerivative(d.Spec, live.(*appsv1.Deployment).Spec)
+	case *corev1.Service:
+		return sem.DeepDerivative(d.Spec, live.(*corev1.Service).Spec)
+	case *policyv1.PodDisruptionBudget:
+		return sem.DeepDerivative(d.Spec, live.(*policyv1.PodDisruptionBudget).Spec)
+	}
+	return false
+}
+
+// deleteIfOwned deletes obj (found by name in the cache) if the pool
+// controls it.
+func (r *WorkerPoolReconciler) deleteIfOwned(ctx context.Context, pool *v1.WorkerPool, obj client.Object) error {
+	switch err := r.Get(ctx, client.ObjectKeyFromObject(obj), obj); {
+	case apierrors.IsNotFound(err):
+		return nil
+	case err != nil:
+		return fmt.Errorf("get %s %s: %w", kindOf(obj), obj.GetName(), err)
+	case !metav1.IsControlledBy(obj, pool):
+		return nil // not ours: leave it
+	}
+	return r.deleteOwned(ctx, pool, obj)
+}
+
+// deleteOwned deletes a child the pool controls, as read: a newer object
+// of the same name (another UID) is left alone.
+func (r *WorkerPoolReconciler) deleteOwned(ctx context.Context, pool *v1.WorkerPool, obj client.Object) error {
+	uid := obj.GetUID()
+	if err := r.Delete(ctx, obj, client.Preconditions{UID: &uid}); err != nil && !apierrors.IsNotFound(err) {
+		return classifyWriteError(kindOf(obj), obj.GetName(), fmt.Errorf("delete: %w", err))
+	}
+	r.Metrics.childWrite(pool, kindOf(obj), "deleted")
+	ctrl.LoggerFrom(ctx).Info("child deleted", "kind", kindOf(obj), "name", obj.GetName())
+	return nil
+}
+
+// pruneConfigMaps deletes the pool's worker.toml ConfigMaps that are neither
+// current nor mounted by the Deployment or any of its ReplicaSets: pods of
+// an older ReplicaSet keep their file until the ReplicaSet is gone (rolled
+// back to, or dropped from the Deployment's revision history).
+func (r *WorkerPoolReconciler) pruneConfigMaps(ctx context.Context, pool *v1.WorkerPool, current string, dep *appsv1.Deployment) error {
+	cms := &corev1.ConfigMapList{}
+	if err := r.List(ctx, cms, client.InNamespace(pool.Namespace), client.MatchingLabels(selectorLabels(pool))); err != nil {
+		return fmt.Errorf("list ConfigMaps: %w", err)
+	}
+	if len(cms.Items) <= 1 {
+		return nil
+	}
+	inUse := map[string]bool{current: true}
+	if dep != nil {
+		mountedConfigMaps(dep.Spec.Template.Spec, inUse)
+		rss := &appsv1.ReplicaSetList{}
+		if err := r.List(ctx, rss, client.InNamespace(pool.Namespace), client.MatchingLabels(selectorLabels(pool))); err != nil {
+			return fmt.Errorf("list ReplicaSets: %w", err)
+		}
+		for i := range rss.Items {
+			if metav1.IsControlledBy(&rss.Items[i], dep) {
+				mountedConfigMaps(rss.Items[i].Spec.Template.Spec, inUse)
+			}
+		}
+	}
+	for i := range cms.Items {
+		cm := &cms.Items[i]
+		if inUse[cm.Name] || !metav1.IsControlledBy(cm, pool) {
+			continue
+		}
+		if err := r.deleteOwned(ctx, pool, cm); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func mountedConfigMaps(spec corev1.PodSpec, into map[string]bool) {
+	for _, v := range spec.Volumes {
+		if v.ConfigMap != nil {
+			into[v.ConfigMap.Name] = true
+		}
+	}
+}
+
+func kindOf(o client.Object) string {
+	switch o.(type) {
+	case *corev1.ConfigMap:
+		return "ConfigMap"
+	case *appsv1.Deployment:
+		return "Deployment"
+	case *corev1.Service:
+		return "Service"
+	case *policyv1.PodDisruptionBudget:
+		return "PodDisruptionBudget"
+	}
+	if k := o.GetObjectKind().GroupVersionKind().Kind; k != "" {
+		return k
+	}
+	return fmt.Sprintf("%T", o)
+}
