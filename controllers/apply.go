@@ -13,6 +13,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/client-go/util/csaupgrade"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -80,8 +83,14 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 		if !metav1.IsControlledBy(live, pool) {
 			return nil, conflict(kind, live, pool)
 		}
-		if live.GetAnnotations()[v1.AppliedHashAnnotation] == hash && unchanged(desired, live) {
+		switch applied := live.GetAnnotations()[v1.AppliedHashAnnotation]; {
+		case applied == hash && unchanged(desired, live):
 			return live, nil
+		case applied == "":
+			// Written before the operator used server-side apply.
+			if err := r.adoptUpdatedFields(ctx, pool, live); err != nil {
+				return nil, err
+			}
 		}
 	case apierrors.IsNotFound(err):
 		// The cache holds only objects labelled as the operator's. Look past
@@ -112,6 +121,34 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 		return nil, fmt.Errorf("read back %s %s: %w", kind, desired.GetName(), err)
 	}
 	return written, nil
+}
+
+// legacyFieldManagers are the field managers under which earlier versions
+// of the operator wrote children with plain updates: the manager binary's
+// name (the API server's default, from the user agent) and FieldOwner.
+var legacyFieldManagers = sets.New("manager", FieldOwner)
+
+// adoptUpdatedFields moves the fields an earlier version of the operator
+// wrote to a child with plain updates over to its server-side apply field
+// manager. Fields owned by an update are not released when an apply stops
+// setting them, so without this a field removed from the spec would stay on
+// a child made before the upgrade. It runs once per such child (the next
+// apply marks it with the applied hash).
+func (r *WorkerPoolReconciler) adoptUpdatedFields(ctx context.Context, pool *v1.WorkerPool, live client.Object) error {
+	full := live.DeepCopyObject().(client.Object)
+	if err := r.apiReader().Get(ctx, client.ObjectKeyFromObject(live), full); err != nil {
+		return fmt.Errorf("get %s %s: %w", kindOf(live), live.GetName(), err)
+	}
+	patch, err := csaupgrade.UpgradeManagedFieldsPatch(full, legacyFieldManagers, FieldOwner)
+	if err != nil || patch == nil {
+		return err
+	}
+	if err := r.Patch(ctx, full, client.RawPatch(types.JSONPatchType, patch)); err != nil {
+		return classifyWriteError(kindOf(live), live.GetName(), fmt.Errorf("take over field ownership: %w", err))
+	}
+	r.Metrics.childWrite(pool, kindOf(live), "adopted")
+	ctrl.LoggerFrom(ctx).Info("took over the fields an earlier operator version updated", "kind", kindOf(live), "name", live.GetName())
+	return nil
 }
 
 // apiReader reads past the cache (the manager's API reader), or through the

@@ -240,7 +240,7 @@ func waitPasses(t *testing.T, wp *v1.WorkerPool, n float64) {
 // the Deployment stays.
 func TestFieldRemovalReachesTheDeployment(t *testing.T) {
 	wp := operatedPool("removal")
-	wp.Spec.Env = []corev1.EnvVar{{Name: "FOO", Value: "1"}, {Name: "BAR", Value: "2"}}
+	wp.Spec.Env = []corev1.EnvVar{{Name: "FOO", Value: "1"}}
 	wp.Spec.Command = []string{"/bin/worker"}
 	wp.Spec.Args = []string{"run", "--verbose"}
 	wp.Spec.PodAnnotations = map[string]string{"example.com/team": "payments"}
@@ -269,8 +269,8 @@ func TestFieldRemovalReachesTheDeployment(t *testing.T) {
 		if err := k8s.Get(ctx(t), keyOf(dep), other); err != nil {
 			return err
 		}
-		other.Annotations["example.com/owner"] = "platform-team"
-		other.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = "2026-12-06T10:00:00Z"
+		metav1.SetMetaDataAnnotation(&other.ObjectMeta, "example.com/owner", "platform-team")
+		metav1.SetMetaDataAnnotation(&other.Spec.Template.ObjectMeta, "kubectl.kubernetes.io/restartedAt", "2026-12-06T10:00:00Z")
 		return k8s.Update(ctx(t), other, client.FieldOwner("kubectl-rollout"))
 	})
 	if err != nil {
@@ -278,7 +278,7 @@ func TestFieldRemovalReachesTheDeployment(t *testing.T) {
 	}
 
 	update(t, wp, func(w *v1.WorkerPool) {
-		w.Spec.Env = []corev1.EnvVar{{Name: "BAR", Value: "2"}}
+		w.Spec.Env = nil
 		w.Spec.Command, w.Spec.Args, w.Spec.PodAnnotations, w.Spec.NodeSelector, w.Spec.Tolerations = nil, nil, nil, nil, nil
 		w.Spec.Resources = corev1.ResourceRequirements{}
 		w.Spec.ServiceAccountName = ""
@@ -312,12 +312,59 @@ func TestFieldRemovalReachesTheDeployment(t *testing.T) {
 		}
 		return len(left) == 0, fmt.Sprint("still there: ", left)
 	})
-	c := dep.Spec.Template.Spec.Containers[0]
-	if len(c.Env) == 0 || c.Env[len(c.Env)-1].Name != "BAR" {
-		t.Errorf("kept env %+v", c.Env)
+	if c := dep.Spec.Template.Spec.Containers[0]; len(c.Env) != 3 || c.Env[0].Name != "DATABASE_URL" {
+		t.Errorf("the operator's own env went too: %+v", c.Env)
 	}
 	if dep.Annotations["example.com/owner"] != "platform-team" || dep.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] == "" {
 		t.Errorf("another tool's annotations were removed: %v %v", dep.Annotations, dep.Spec.Template.Annotations)
+	}
+}
+
+// A pool whose children an earlier version of the operator wrote with plain
+// updates (before server-side apply) still loses a removed field: the
+// operator takes over the fields those updates own.
+func TestUpgradeFromUpdateOwnedChildren(t *testing.T) {
+	wp := operatedPool("upgraded")
+	wp.Spec.Dispatch.HandlerTimeout = "1500us" // refused: the operator writes no child yet
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	waitForStatus(t, wp, "Stalled InvalidSpec", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionStalled).Reason == v1.ReasonInvalidSpec
+	})
+	// The Deployment as the earlier operator left it: created and updated by
+	// the manager binary (its field manager is the binary's name), with an
+	// env var the spec has since dropped.
+	labels := map[string]string{v1.PoolLabel: "upgraded", "app.kubernetes.io/managed-by": "workerpool-operator"}
+	old := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "upgraded", Namespace: operatedNS, Labels: labels,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(wp, v1.GroupVersion.WithKind("WorkerPool"))}},
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{v1.PoolLabel: "upgraded"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{Containers: []corev1.Container{{
+				Name: "worker", Image: "tasker-worker:dev", Env: []corev1.EnvVar{{Name: "FOO", Value: "1"}}}}}},
+		},
+	}
+	if err := k8s.Create(ctx(t), old, client.FieldOwner("manager")); err != nil {
+		t.Fatal(err)
+	}
+	update(t, wp, func(w *v1.WorkerPool) { w.Spec.Dispatch.HandlerTimeout = "45s" })
+	dep := &appsv1.Deployment{}
+	eventually(t, "the Deployment applied by this operator", 20*time.Second, func() (bool, string) {
+		if err := k8s.Get(ctx(t), keyOf(old), dep); err != nil {
+			return false, err.Error()
+		}
+		return dep.Annotations[v1.AppliedHashAnnotation] != "", fmt.Sprint(dep.Annotations)
+	})
+	for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
+		if e.Name == "FOO" {
+			t.Errorf("env FOO, which the spec does not have, stayed on the Deployment: %+v", dep.Spec.Template.Spec.Containers[0].Env)
+		}
+	}
+	for _, m := range dep.ManagedFields {
+		if m.Manager == "manager" {
+			t.Errorf("the earlier operator's field manager still owns fields: %+v", m)
+		}
 	}
 }
 

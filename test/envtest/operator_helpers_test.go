@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -206,10 +207,11 @@ func kstatusOf(t *testing.T, wp *v1.WorkerPool) *kstatus.Result {
 // metricsEndpoint is a real Prometheus endpoint serving the worker metrics
 // the operator reads, with values the test sets.
 type metricsEndpoint struct {
-	Addr   *net.TCPAddr
-	gauges map[string]prometheus.Gauge
-	srv    *http.Server
-	once   sync.Once
+	Addr     *net.TCPAddr
+	gauges   map[string]prometheus.Gauge
+	srv      *http.Server
+	once     sync.Once
+	requests atomic.Int64
 }
 
 var workerGauges = []string{"tasker_dispatch_in_flight", "tasker_dispatch_capacity", "tasker_channel_completion_saturation",
@@ -234,7 +236,11 @@ func startEndpoint(t *testing.T, ip string) *metricsEndpoint {
 		t.Fatal(err)
 	}
 	e.Addr = ln.Addr().(*net.TCPAddr)
-	e.srv = &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+	page := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	e.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.requests.Add(1)
+		page.ServeHTTP(w, r)
+	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := e.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			t.Errorf("metrics endpoint %s: %v", e.Addr, err)
@@ -246,6 +252,9 @@ func startEndpoint(t *testing.T, ip string) *metricsEndpoint {
 
 // Set sets one metric.
 func (e *metricsEndpoint) Set(name string, v float64) { e.gauges[name].Set(v) }
+
+// Requests is how many times the page was read.
+func (e *metricsEndpoint) Requests() int64 { return e.requests.Load() }
 
 // Stop closes the endpoint: later scrapes get "connection refused".
 func (e *metricsEndpoint) Stop() { e.once.Do(func() { _ = e.srv.Close() }) }

@@ -11,10 +11,14 @@ import (
 
 	"fmt"
 
+	"time"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 	dto "github.com/prometheus/client_model/go"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -53,7 +57,7 @@ func TestStatusFollowsThePodsMetrics(t *testing.T) {
 	})
 	st := got.Status
 	if st.Dispatch != (v1.DispatchStatus{InFlight: 7, Capacity: 20, CompletionSaturationPercent: 10}) ||
-		st.FFI != (v1.FFIStatus{PendingEvents: 3, OldestPendingAge: "1.5s"}) || st.CallbackTimeouts != 2 ||
+		st.FFI != (v1.FFIStatus{PendingEvents: 3, OldestPendingAge: "1.5s", OldestUnpolledAge: "0s"}) || st.CallbackTimeouts != 2 ||
 		st.SemaphoreAcquisitionFailures != 1 || st.ReadyReplicas != 2 || st.LastScrapeTime == nil || len(st.Pods) != 2 ||
 		st.Pods[0].Name != "observed-a" || st.ObservedGeneration != got.Generation {
 		t.Fatalf("status %+v", st)
@@ -119,10 +123,10 @@ func TestStatusFollowsThePodsMetrics(t *testing.T) {
 	// does not make the pool not Ready.
 	b.Stop()
 	got = waitForStatus(t, wp, "observed-b unreadable", func(w *v1.WorkerPool) bool {
-		return strings.Contains(condition(w, v1.ConditionMetricsAvailable).Message, "1 unreadable: observed-b (")
+		return w.Status.Dispatch.Capacity == 10 && len(w.Status.Pods) > 0 && w.Status.Pods[0].ScrapeError != ""
 	})
 	if c := condition(got, v1.ConditionMetricsAvailable); c.Status != metav1.ConditionTrue || c.Reason != v1.ReasonPartialScrape ||
-		!strings.HasPrefix(c.Message, "read 1 of 2 ready pods") {
+		!strings.HasPrefix(c.Message, "read 1 of 2 ready pods") || !strings.Contains(c.Message, "1 unreadable: observed-b (") {
 		t.Errorf("MetricsAvailable %+v", c)
 	}
 	if c := condition(got, v1.ConditionReady); c.Status != metav1.ConditionTrue {
@@ -153,7 +157,7 @@ func TestReadyThroughScaleAndRollout(t *testing.T) {
 		pods = append(pods, addPod(t, wp, fmt.Sprintf("steady-%d", i), startEndpoint(t, fmt.Sprintf("127.0.0.%d", 41+i)).Addr))
 	}
 	got := waitForStatus(t, wp, "Ready", func(w *v1.WorkerPool) bool {
-		return condition(w, v1.ConditionReady).Status == metav1.ConditionTrue && condition(w, v1.ConditionReconciling).Status == metav1.ConditionFalse
+		return condition(w, v1.ConditionReady).Status == metav1.ConditionTrue
 	})
 	readySince := condition(got, v1.ConditionReady).LastTransitionTime
 	if res := kstatusOf(t, wp); res.Status != kstatus.CurrentStatus {
@@ -163,11 +167,12 @@ func TestReadyThroughScaleAndRollout(t *testing.T) {
 	// Scale 3 → 4: the Deployment controller has not seen it, then a fourth
 	// pod starts.
 	update(t, wp, func(w *v1.WorkerPool) { w.Spec.Replicas = ptr(int32(4)) })
-	got = waitForStatus(t, wp, "scaling observed", func(w *v1.WorkerPool) bool {
-		return w.Status.ObservedGeneration == w.Generation && condition(w, v1.ConditionReconciling).Reason == v1.ReasonScaling
-	})
+	got = waitForStatus(t, wp, "scaling observed", func(w *v1.WorkerPool) bool { return w.Status.ObservedGeneration == w.Generation })
 	if c := condition(got, v1.ConditionReady); c.Status != metav1.ConditionTrue || !c.LastTransitionTime.Equal(&readySince) {
 		t.Errorf("Ready while scaling: %+v (True since %s)", c, readySince)
+	}
+	if c := condition(got, v1.ConditionReconciling); c.Status != metav1.ConditionTrue || c.Reason != v1.ReasonScaling {
+		t.Errorf("Reconciling while scaling: %+v", c)
 	}
 	if res := kstatusOf(t, wp); res.Status != kstatus.InProgressStatus {
 		t.Errorf("kstatus while scaling: %s (%s)", res.Status, res.Message)
@@ -214,6 +219,49 @@ func TestReadyThroughScaleAndRollout(t *testing.T) {
 	})
 }
 
+// A rollout's stream of Deployment status updates does not make the operator
+// scrape the pool's pods on each: a pool is read at most once per status
+// interval unless its ready pods change.
+func TestDeploymentUpdatesDoNotEachScrape(t *testing.T) {
+	wp := operatedPool("watched")
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	e := startEndpoint(t, "127.0.0.71")
+	rollOut(t, wp, 1)
+	addPod(t, wp, "watched-0", e.Addr)
+	waitForStatus(t, wp, "Ready", func(w *v1.WorkerPool) bool { return condition(w, v1.ConditionReady).Status == metav1.ConditionTrue })
+
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "watched", Namespace: operatedNS}}
+	labels := map[string]string{"namespace": operatedNS, "workerpool": "watched"}
+	passes0, scrapes0, start := sumOperatorMetric(t, "workerpool_reconciles_total", labels), e.Requests(), time.Now()
+	for i := range 40 {
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := k8s.Get(ctx(t), keyOf(dep), dep); err != nil {
+				return err
+			}
+			dep.Status.Conditions[1].Message = fmt.Sprintf("ReplicaSet \"watched-1\" is progressing (%d)", i)
+			return k8s.Status().Update(ctx(t), dep)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	elapsed := time.Since(start)
+	waitPasses(t, wp, 1)
+	passes := sumOperatorMetric(t, "workerpool_reconciles_total", labels) - passes0
+	scrapes := e.Requests() - scrapes0
+	// The interval's own passes, plus one for the pass in flight at the start.
+	limit := int64(elapsed/statusInterval) + 2
+	t.Logf("40 Deployment updates in %s: %v passes, %d scrapes (at most %d allowed)", elapsed.Round(time.Millisecond), passes, scrapes, limit)
+	if scrapes > limit {
+		t.Errorf("%d scrapes of the pod in %s (%v passes): at most %d, one per %s", scrapes, elapsed, passes, limit, statusInterval)
+	}
+	if passes < 5 {
+		t.Errorf("only %v passes: the Deployment updates did not reconcile the pool", passes)
+	}
+}
+
 // A pod that cannot be read is not proof that its trouble went away: a
 // backpressured pool whose saturated pod stops answering stays
 // Backpressure=True, with no "cleared" event.
@@ -233,11 +281,12 @@ func TestPartialScrapeKeepsBackpressure(t *testing.T) {
 		return condition(w, v1.ConditionBackpressure).Reason == v1.ReasonSaturationCritical
 	})
 	full.Stop()
-	got := waitForStatus(t, wp, "partial-full unreadable", func(w *v1.WorkerPool) bool {
-		return strings.Contains(condition(w, v1.ConditionMetricsAvailable).Message, "1 unreadable: partial-full (")
+	waitForStatus(t, wp, "partial-full unreadable", func(w *v1.WorkerPool) bool {
+		return len(w.Status.Pods) > 0 && w.Status.Pods[0].Name == "partial-full" && w.Status.Pods[0].ScrapeError != ""
 	})
-	waitPasses(t, wp, 3)
-	got = getPool(t, wp)
+	// Long past the time its last sample may stand for it.
+	waitPasses(t, wp, 6)
+	got := getPool(t, wp)
 	if c := condition(got, v1.ConditionBackpressure); c.Status != metav1.ConditionTrue || c.Reason != v1.ReasonSaturationCritical ||
 		!strings.Contains(c.Message, "not cleared while 1 of 2 ready pods are unread") {
 		t.Errorf("Backpressure with the saturated pod unread: %+v", c)
