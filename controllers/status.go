@@ -63,6 +63,11 @@ type podProblem struct {
 type podObservation struct {
 	Name  string
 	Ready bool
+	// Running: not ready, but its containers run, so it is scraped too. A
+	// worker that lost its database, or whose foreign pollers stopped,
+	// fails its readiness probe while it still holds steps: its figures are
+	// the ones that matter then.
+	Running bool
 	// Current: the pod runs the pool's current pod template.
 	Current bool
 	// Problem is what blocks the pod, from its status (diagnosePod).
@@ -118,7 +123,7 @@ func computeStatus(pool *v1.WorkerPool, obs observation) v1.WorkerPoolStatus {
 	agg := aggregate(obs.Pods)
 	st.Dispatch = v1.DispatchStatus{InFlight: agg.inFlight, Capacity: agg.capacity, CompletionSaturationPercent: agg.maxSaturation}
 	st.FFI = v1.FFIStatus{PendingEvents: agg.pending, StarvingEvents: agg.starving, UnpolledEvents: agg.unpolled}
-	if agg.covered() > 0 {
+	if agg.measured() {
 		st.FFI.OldestPendingAge = formatAge(agg.oldestMs)
 		st.FFI.OldestUnpolledAge = formatAge(agg.oldestUnpolledMs)
 	}
@@ -147,9 +152,12 @@ func computeStatus(pool *v1.WorkerPool, obs observation) v1.WorkerPoolStatus {
 	return st
 }
 
-// aggregation sums or takes the worst of the ready pods' samples.
+// aggregation sums or takes the worst of the pods' samples: every ready
+// pod's (fresh, or stale within its age limit), and the fresh samples of
+// running pods that are not ready. Capacity and coverage count ready pods
+// only.
 type aggregation struct {
-	ready, fresh                        int
+	ready, fresh, unready               int // unready: not-ready pods with a fresh sample
 	stale, missing                      []string // ready pods read from a recent sample, or not at all, with why
 	inFlight, capacity, maxSaturation   int32
 	pending, starving, unpolled         int32
@@ -160,6 +168,9 @@ type aggregation struct {
 
 // covered is how many ready pods the figures include.
 func (a aggregation) covered() int { return a.fresh + len(a.stale) }
+
+// measured says whether the figures include any pod at all.
+func (a aggregation) measured() bool { return a.covered()+a.unready > 0 }
 
 // coverage describes which ready pods the figures come from.
 func (a aggregation) coverage() string {
@@ -177,25 +188,29 @@ func aggregate(pods []podObservation) aggregation {
 	var a aggregation
 	for _, p := range pods {
 		if !p.Ready {
-			continue
-		}
-		a.ready++
-		why := "no sample yet"
-		if p.Err != nil {
-			why = p.Err.Error()
-		}
-		switch {
-		case p.Sample == nil:
-			a.missing = append(a.missing, fmt.Sprintf("%s (%s)", p.Name, why))
-			continue
-		case p.Stale:
-			a.stale = append(a.stale, fmt.Sprintf("%s (read %s ago; now: %s)", p.Name, p.SampleAge.Round(time.Second), why))
-		default:
-			a.fresh++
+			if p.Sample == nil || p.Stale {
+				continue
+			}
+			a.unready++
+		} else {
+			a.ready++
+			why := "no sample yet"
+			if p.Err != nil {
+				why = p.Err.Error()
+			}
+			switch {
+			case p.Sample == nil:
+				a.missing = append(a.missing, fmt.Sprintf("%s (%s)", p.Name, why))
+				continue
+			case p.Stale:
+				a.stale = append(a.stale, fmt.Sprintf("%s (read %s ago; now: %s)", p.Name, p.SampleAge.Round(time.Second), why))
+			default:
+				a.fresh++
+			}
+			a.capacity += count32(p.Sample.Capacity)
 		}
 		s := p.Sample
 		a.inFlight += count32(s.InFlight)
-		a.capacity += count32(s.Capacity)
 		a.pending += count32(s.PendingEvents)
 		a.starving += count32(s.StarvingEvents)
 		a.unpolled += count32(s.UnpolledEvents)
@@ -584,7 +599,7 @@ func starvingCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Conditio
 		c.Status, c.Reason, c.Message = metav1.ConditionFalse, v1.ReasonFFIDisabled, "the pool runs no foreign handlers"
 		return c
 	}
-	if a.covered() == 0 {
+	if !a.measured() {
 		return unmeasured(c, a, prev)
 	}
 	wasTrue := prev != nil && prev.Status == metav1.ConditionTrue
@@ -625,7 +640,7 @@ func backpressureCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Cond
 	if crit <= 0 {
 		crit = 95
 	}
-	if a.covered() == 0 {
+	if !a.measured() {
 		return unmeasured(c, a, prev)
 	}
 	warnAt, critAt := warn, crit

@@ -306,6 +306,37 @@ func TestPartialScrapes(t *testing.T) {
 	}
 }
 
+// A pod that is not ready but runs (a worker that lost its database, or
+// whose pollers stopped polling, fails its readiness probe) still shows in
+// Backpressure, Starving and in-flight work; capacity and coverage count
+// ready pods only.
+func TestRunningPodsThatAreNotReadyStillCount(t *testing.T) {
+	pool := testPool()
+	stuck := sample(8, 1, 0, 0)
+	stuck.UnpolledEvents, stuck.OldestUnpolledAgeMs = 12, 40000
+	pods := append(readyPods(1, sample(1, 0.1, 0, 0)),
+		podObservation{Name: "stuck", Running: true, Current: true, Sample: stuck},
+		podObservation{Name: "starting", Running: true, Current: true, Err: errors.New("connection refused")})
+	st := computeStatus(pool, observation{Deployment: rolledOut(2), Pods: pods})
+	if c := cond(t, st, v1.ConditionBackpressure); c.Reason != v1.ReasonSaturationCritical || !strings.Contains(c.Message, "on pod stuck") {
+		t.Errorf("Backpressure %+v", c)
+	}
+	if c := cond(t, st, v1.ConditionStarving); c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "no poll for 40s on pod stuck") {
+		t.Errorf("Starving %+v", c)
+	}
+	if st.Dispatch.InFlight != 9 || st.Dispatch.Capacity != 10 {
+		t.Errorf("dispatch %+v", st.Dispatch)
+	}
+	if c := cond(t, st, v1.ConditionMetricsAvailable); c.Reason != v1.ReasonScraped {
+		t.Errorf("MetricsAvailable %+v", c)
+	}
+	// With no ready pod at all, the running pod's figures still decide.
+	st = computeStatus(testPool(), observation{Deployment: rolledOut(2), Pods: pods[1:]})
+	if c := cond(t, st, v1.ConditionBackpressure); c.Reason != v1.ReasonSaturationCritical {
+		t.Errorf("Backpressure from a not-ready pod alone %+v", c)
+	}
+}
+
 // A change of replica count is scaling, not a rollout: Ready stays True as
 // long as the budget's replicas are available. A template change is a
 // rollout until every pod runs it, whatever a stale Deployment status says.

@@ -144,7 +144,8 @@ func (r *WorkerPoolReconciler) observe(ctx context.Context, pool *v1.WorkerPool,
 		present[p.Name] = true
 		o := podObservation{Name: p.Name, Ready: podReady(p), Problem: diagnosePod(p),
 			Current: template != "" && p.Annotations[v1.TemplateHashAnnotation] == template}
-		if o.Ready {
+		o.Running = !o.Ready && containersRunning(p)
+		if o.Ready || o.Running {
 			if t, err := targetFor(p); err != nil {
 				o.Err = err
 			} else {
@@ -183,8 +184,11 @@ func (r *WorkerPoolReconciler) scrape(ctx context.Context, pool *v1.WorkerPool, 
 	for i := range obs.Pods {
 		p := &obs.Pods[i]
 		rec, ok := records[p.Name]
-		if !p.Ready || !ok {
+		if !ok || !p.Ready && !p.Running {
 			continue
+		}
+		if !p.Ready && rec.err != nil {
+			continue // a pod that is not ready may well not answer: not news
 		}
 		p.Err = rec.err
 		if rec.sample == nil {
@@ -217,6 +221,20 @@ func podReady(p *corev1.Pod) bool {
 		}
 	}
 	return false
+}
+
+// containersRunning: the pod runs and each of its containers is running, so
+// its metrics port should answer although it is not ready.
+func containersRunning(p *corev1.Pod) bool {
+	if p.Status.Phase != corev1.PodRunning || len(p.Status.ContainerStatuses) == 0 {
+		return false
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.State.Running == nil {
+			return false
+		}
+	}
+	return true
 }
 
 func countErrors(errs []error) int {

@@ -68,13 +68,16 @@ info "$db (pods reach it on the node's bridge address)"
 DATABASE_URL=$db bin/tasker-worker migrate | sed 's/^/  /'
 
 say "Installing the operator with helm"
-bin/helm upgrade --install wpo charts/workerpool-operator --namespace workerpool-system --create-namespace \
+# The demo's operator watches only the demo's namespace, so the e2e suite's
+# own release (make test e2e) can run beside it; --take-ownership: the
+# cluster-wide CRD may have been installed by that release.
+kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+bin/helm upgrade --install wpo charts/workerpool-operator --namespace workerpool-system --create-namespace --take-ownership \
   --set image.repository="${operator_image%:*}" --set image.tag="${operator_image##*:}" --set image.pullPolicy=$pull \
-  --set manager.statusInterval=2s --wait --timeout 5m | sed -n '1,6p' | sed 's/^/  /'
+  --set "watchNamespaces={$ns}" --set manager.statusInterval=2s --wait --timeout 5m | sed -n '1,6p' | sed 's/^/  /'
 info "operator running ($(since) s)"
 
 say "Applying the WorkerPool sample $pool (3 replicas) in namespace $ns"
-kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl -n "$ns" create secret generic tasker-db --from-literal=url="$db" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 sed -e "s#image: tasker-worker:dev#image: $worker_image#" -e "s#imagePullPolicy: IfNotPresent#imagePullPolicy: $pull#" \
   config/samples/workers_v1alpha1_workerpool_native.yaml | kubectl -n "$ns" apply -f - | sed 's/^/  /'

@@ -446,10 +446,10 @@ func checkPrometheusRule(t *testing.T, rule kubeobjects.Object) {
 			alerts = append(alerts, r.Alert)
 		}
 	}
-	// The seed's five and the four condition alerts (test/manifests checks
+	// The seed's five and the five condition alerts (test/manifests checks
 	// each rule against the metrics).
 	for _, a := range []string{"FFIPendingEventsHigh", "FFIOldestEventAging", "CompletionChannelSaturated", "CompletionChannelCritical",
-		"CallbackTimeoutsHigh", "WorkerPoolStarving", "WorkerPoolBackpressure", "WorkerPoolNotReady", "WorkerPoolMetricsUnavailable"} {
+		"CallbackTimeoutsHigh", "WorkerPoolStarving", "WorkerPoolBackpressure", "WorkerPoolStalled", "WorkerPoolNotReady", "WorkerPoolMetricsUnavailable"} {
 		if !slices.Contains(alerts, a) {
 			t.Errorf("alert %s missing from the chart's PrometheusRule (%v)", a, alerts)
 		}

@@ -19,16 +19,21 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/rand"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 )
 
+// The suite installs its own release in its own namespace, watching only
+// the suite's namespace, so a running `make demo` (release wpo in
+// workerpool-system, watching namespace demo) is left alone.
 const (
-	operatorNS = "workerpool-system"
-	release    = "wpo"
+	operatorNS = "workerpool-e2e"
+	release    = "wpo-e2e"
 	chartDir   = "../../charts/workerpool-operator"
 )
 
@@ -67,12 +72,13 @@ func TestOperator(t *testing.T) {
 		fn   func(*testing.T, string)
 	}{
 		{"helm install", installOperator},
+		{"a blocked pool says why, then recovers", stalled},
 		{"samples become Ready and complete their steps", samples},
 		{"describe shows in-flight, saturation and pending age", describe},
 		{"slow FFI poller: Starving True and back", starving},
 		{"tiny completion buffer: Backpressure", backpressure},
 		{"changing a tunable rolls the pods", rollsOnChange},
-		{"kubectl scale", scale},
+		{"kubectl scale keeps Ready", scale},
 		{"deleting a pod mid-run loses no step", podDeletion},
 		{"throughput: 3 replicas against 1", throughput},
 		{"helm upgrade then uninstall leaves no operator objects", upgradeAndUninstall},
@@ -89,12 +95,17 @@ func splitImage(ref string) (repo, tag string) {
 	return ref[:i], ref[i+1:]
 }
 
-func installOperator(t *testing.T, _ string) {
+func installOperator(t *testing.T, ns string) {
 	repo, tag := splitImage(e.operatorImage)
+	// A run that failed half-way leaves its release behind.
+	e.helmCmd(t, "uninstall", release, "--namespace", operatorNS, "--ignore-not-found", "--wait", "--timeout", "3m")
 	start := time.Now()
-	e.helmCmd(t, "install", release, chartDir, "--namespace", operatorNS, "--create-namespace",
+	// --take-ownership: the cluster-wide WorkerPool CRD may belong to
+	// another release (the demo's); this one takes it over (it is kept on
+	// uninstall either way).
+	e.helmCmd(t, "install", release, chartDir, "--namespace", operatorNS, "--create-namespace", "--take-ownership",
 		"--set", "image.repository="+repo, "--set", "image.tag="+tag, "--set", "image.pullPolicy=Never",
-		"--set", "manager.statusInterval=2s", "--wait", "--timeout", "3m")
+		"--set", "watchNamespaces={"+ns+"}", "--set", "manager.statusInterval=2s", "--wait", "--timeout", "3m")
 	t.Logf("helm install --wait took %s", time.Since(start).Round(100*time.Millisecond))
 	out := kubectl(t, "get", "crd", "workerpools.workers.tasker.dev", "-o", "jsonpath={.metadata.annotations.helm\\.sh/resource-policy}")
 	if out != "keep" {
@@ -218,7 +229,13 @@ func backpressure(t *testing.T, ns string) {
 	wp.Spec.Dispatch = v1.DispatchSpec{CompletionBufferSize: 2, MaxConcurrentHandlers: 8, SaturationWarningPercent: 50, SaturationCriticalPercent: 90}
 	kubectlApply(t, e.poolManifest(t, wp))
 	e.waitPool(t, ns, "tiny-buffer", "Ready", 3*time.Minute, ready)
-	e.enqueue(t, "tiny", "sleep", `{"ms":1500}`, 60)
+	// Durations spread 50 ms apart, so results keep arriving one by one: once
+	// the table is locked, the completion processor blocks on its batch and
+	// the next two results fill the channel. (Results of steps that all end
+	// together could be taken in one batch, leaving the channel empty.)
+	for i := range 60 {
+		e.enqueue(t, "tiny", "sleep", fmt.Sprintf(`{"ms":%d}`, 500+50*i), 1)
+	}
 	e.waitPool(t, ns, "tiny-buffer", "handlers running", time.Minute, func(w *v1.WorkerPool) bool { return w.Status.Dispatch.InFlight > 0 })
 
 	tx, err := e.db.Begin(context.Background())
@@ -290,8 +307,30 @@ func rollsOnChange(t *testing.T, ns string) {
 	})
 }
 
-// scale: kubectl scale goes through /scale to the Deployment.
+// scale: kubectl scale goes through /scale to the Deployment, up and
+// down, and Ready stays True throughout: a change of replica count is not
+// a rollout.
 func scale(t *testing.T, ns string) {
+	before := cond(e.pool(t, ns, "tunable"), v1.ConditionReady)
+	if before.Status != metav1.ConditionTrue {
+		t.Fatalf("tunable not Ready before scaling: %+v", before)
+	}
+	for _, step := range []struct {
+		replicas int32
+		capacity int32
+	}{{3, 18}, {1, 6}, {2, 12}} {
+		kubectl(t, "scale", "wp", "tunable", "-n", ns, fmt.Sprintf("--replicas=%d", step.replicas))
+		e.waitPool(t, ns, "tunable", fmt.Sprintf("%d ready replicas, Ready throughout", step.replicas), 3*time.Minute, func(w *v1.WorkerPool) bool {
+			if c := cond(w, v1.ConditionReady); c.Status != metav1.ConditionTrue || !c.LastTransitionTime.Equal(&before.LastTransitionTime) {
+				t.Fatalf("Ready flapped while scaling to %d: %+v (True since %s)", step.replicas, c, before.LastTransitionTime)
+			}
+			return ready(w) && w.Status.ReadyReplicas == step.replicas && w.Status.Replicas == step.replicas &&
+				w.Status.Dispatch.Capacity == step.capacity && cond(w, v1.ConditionReconciling).Status == metav1.ConditionFalse
+		})
+		if got := kstatusOf(t, ns, "tunable"); got.Status != kstatus.CurrentStatus {
+			t.Errorf("kstatus after scaling to %d: %s (%s)", step.replicas, got.Status, got.Message)
+		}
+	}
 	kubectl(t, "scale", "wp", "tunable", "-n", ns, "--replicas=3")
 	e.waitPool(t, ns, "tunable", "3 ready replicas", 3*time.Minute, func(w *v1.WorkerPool) bool {
 		return ready(w) && w.Status.ReadyReplicas == 3 && w.Status.Dispatch.Capacity == 18
@@ -389,6 +428,113 @@ func upgradeAndUninstall(t *testing.T, ns string) {
 	if err := e.k8s.Get(context.Background(), client.ObjectKey{Name: "workerpools.workers.tasker.dev"}, &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "apiextensions.k8s.io/v1", Kind: "CustomResourceDefinition"}}); apierrors.IsNotFound(err) {
 		t.Error("helm uninstall removed the CRD (and with it every pool); resource-policy keep should keep it")
 	}
+}
+
+// stalled: an image that cannot be pulled, a missing Secret and a command
+// that exits each make the pool Stalled, with the pod and the cause named
+// in kubectl describe, within 30 s of the pod showing it; kstatus says
+// Failed. Once fixed, kubectl wait --for=condition=Ready passes and kstatus
+// says Current.
+func stalled(t *testing.T, ns string) {
+	repo, tag := splitImage(e.workerImage)
+	for _, tc := range []struct {
+		name, podReason, reason string
+		mentions                []string
+		break_, fix             func(*v1.WorkerPool)
+	}{
+		{
+			name: "no-image", podReason: "ErrImageNeverPull", reason: v1.ReasonImagePullFailed,
+			mentions: []string{`image "` + repo + `:no-such-tag" cannot be pulled`, "ErrImageNeverPull"},
+			break_:   func(w *v1.WorkerPool) { w.Spec.Image = repo + ":no-such-tag" },
+			fix:      func(w *v1.WorkerPool) { w.Spec.Image = repo + ":" + tag },
+		},
+		{
+			name: "no-secret", podReason: "CreateContainerConfigError", reason: v1.ReasonConfigError,
+			mentions: []string{"CreateContainerConfigError", `secret "missing-db" not found`},
+			break_:   func(w *v1.WorkerPool) { w.Spec.Queue.DatabaseSecretRef.Name = "missing-db" },
+			fix:      func(w *v1.WorkerPool) { w.Spec.Queue.DatabaseSecretRef.Name = "tasker-db" },
+		},
+		{
+			name: "crashing", podReason: "CrashLoopBackOff", reason: v1.ReasonCrashLoop,
+			mentions: []string{"keeps exiting", "last exit code 1"},
+			break_:   func(w *v1.WorkerPool) { w.Spec.Args = []string{"run", "--no-such-flag"} },
+			fix:      func(w *v1.WorkerPool) { w.Spec.Args = nil },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wp := workerPool(ns, tc.name, "stalled")
+			tc.break_(wp)
+			kubectlApply(t, e.poolManifest(t, wp))
+			var shown time.Time
+			eventually(t, "a pod shows "+tc.podReason, 3*time.Minute, func() (bool, string) {
+				for _, p := range poolPods(t, ns, tc.name) {
+					for _, cs := range p.Status.ContainerStatuses {
+						if w := cs.State.Waiting; w != nil && w.Reason == tc.podReason {
+							shown = time.Now()
+							return true, ""
+						}
+					}
+				}
+				return false, summary(e.pool(t, ns, tc.name))
+			})
+			got := e.waitPool(t, ns, tc.name, "Stalled "+tc.reason, time.Minute, func(w *v1.WorkerPool) bool {
+				return w.Status.ObservedGeneration == w.Generation && cond(w, v1.ConditionStalled).Reason == tc.reason
+			})
+			if took := time.Since(shown); took > 30*time.Second {
+				t.Errorf("Stalled %s came %s after the pod showed %s (want within 30s)", tc.reason, took.Round(time.Second), tc.podReason)
+			}
+			c := cond(got, v1.ConditionStalled)
+			if c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "pod "+tc.name+"-") {
+				t.Errorf("Stalled does not name the pod: %+v", c)
+			}
+			out := kubectl(t, "describe", "wp", tc.name, "-n", ns)
+			t.Logf("$ kubectl describe wp %s\n%s", tc.name, out)
+			for _, want := range append([]string{"Stalled", tc.reason, "pod " + tc.name + "-"}, tc.mentions...) {
+				if !strings.Contains(out, want) {
+					t.Errorf("kubectl describe wp %s does not say %q", tc.name, want)
+				}
+			}
+			if res := kstatusOf(t, ns, tc.name); res.Status != kstatus.FailedStatus {
+				t.Errorf("kstatus %s (%s), want Failed", res.Status, res.Message)
+			} else {
+				t.Logf("kstatus: %s: %s", res.Status, res.Message)
+			}
+
+			tc.fix(wp)
+			kubectlApply(t, e.poolManifest(t, wp))
+			start := time.Now()
+			kubectl(t, "wait", "--for=condition=Ready", "wp/"+tc.name, "-n", ns, "--timeout=3m")
+			t.Logf("kubectl wait --for=condition=Ready passed %s after the fix", time.Since(start).Round(100*time.Millisecond))
+			got = e.pool(t, ns, tc.name)
+			if s := cond(got, v1.ConditionStalled); s.Status != metav1.ConditionFalse {
+				t.Errorf("Stalled after the fix: %+v", s)
+			}
+			if res := kstatusOf(t, ns, tc.name); res.Status != kstatus.CurrentStatus {
+				t.Errorf("kstatus after the fix %s (%s), want Current", res.Status, res.Message)
+			}
+			events := kubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name="+tc.name, "-o", "jsonpath={.items[*].reason}")
+			if !strings.Contains(events, tc.reason) || !strings.Contains(events, "StalledCleared") {
+				t.Errorf("events on %s: %q", tc.name, events)
+			}
+			kubectl(t, "delete", "wp", tc.name, "-n", ns, "--wait=true", "--timeout=2m")
+		})
+	}
+}
+
+// kstatusOf is what kstatus (sigs.k8s.io/cli-utils), as Flux, Argo CD and
+// kpt use it, computes for the pool now.
+func kstatusOf(t *testing.T, ns, name string) *kstatus.Result {
+	t.Helper()
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(v1.GroupVersion.WithKind("WorkerPool"))
+	if err := e.k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, u); err != nil {
+		t.Fatal(err)
+	}
+	res, err := kstatus.Compute(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -268,6 +268,7 @@ var conditionAlerts = map[string]struct {
 }{
 	"WorkerPoolStarving":           {workersv1alpha1.ConditionStarving, "True", time.Minute},
 	"WorkerPoolBackpressure":       {workersv1alpha1.ConditionBackpressure, "True", time.Minute},
+	"WorkerPoolStalled":            {workersv1alpha1.ConditionStalled, "True", 5 * time.Minute},
 	"WorkerPoolNotReady":           {workersv1alpha1.ConditionReady, "False", 10 * time.Minute},
 	"WorkerPoolMetricsUnavailable": {workersv1alpha1.ConditionMetricsAvailable, "False", 5 * time.Minute},
 }
