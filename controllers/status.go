@@ -157,7 +157,7 @@ func computeStatus(pool *v1.WorkerPool, obs observation) v1.WorkerPoolStatus {
 // running pods that are not ready. Capacity and coverage count ready pods
 // only.
 type aggregation struct {
-	ready, fresh, unready               int // unready: not-ready pods with a fresh sample
+	ready, fresh, unready               int      // unready: not-ready pods with a fresh sample
 	stale, missing                      []string // ready pods read from a recent sample, or not at all, with why
 	inFlight, capacity, maxSaturation   int32
 	pending, starving, unpolled         int32
