@@ -156,10 +156,14 @@ func samples(t *testing.T, ns string) {
 		start := time.Now()
 		kubectlApply(t, e.poolManifest(t, wp))
 		got := e.waitPool(t, ns, wp.Name, "Ready", 3*time.Minute, ready)
-		t.Logf("%s (%s) Ready in %s, capacity %d", wp.Name, filepath.Base(f), time.Since(start).Round(100*time.Millisecond), got.Status.Dispatch.Capacity)
-		if got.Status.Dispatch.Capacity != got.Spec.Dispatch.MaxConcurrentHandlers*got.Status.ReadyReplicas {
-			t.Errorf("%s: capacity %d, want %d × %d", wp.Name, got.Status.Dispatch.Capacity, got.Spec.Dispatch.MaxConcurrentHandlers, got.Status.ReadyReplicas)
-		}
+		t.Logf("%s (%s) Ready in %s", wp.Name, filepath.Base(f), time.Since(start).Round(100*time.Millisecond))
+		// Ready needs the replicas the disruption budget asks for; wait for
+		// all of them, and for each pod's capacity in the status.
+		want := *got.Spec.Replicas
+		got = e.waitPool(t, ns, wp.Name, "every replica ready and read", time.Minute, func(w *v1.WorkerPool) bool {
+			return ready(w) && w.Status.ReadyReplicas == want && w.Status.Dispatch.Capacity == w.Spec.Dispatch.MaxConcurrentHandlers*want
+		})
+		t.Logf("%s: capacity %d = %d replicas × %d", wp.Name, got.Status.Dispatch.Capacity, want, got.Spec.Dispatch.MaxConcurrentHandlers)
 		q := string(wp.Spec.Queue.Namespaces[0])
 		e.enqueue(t, q, "noop", `{}`, 50)
 		e.enqueue(t, q, "sleep", `{"ms":300}`, 20)
