@@ -49,6 +49,7 @@ func BenchmarkReconcile1000Pools(b *testing.B) {
 		b.Fatal(err)
 	}
 	var operatorSecs, baseSecs, rssMiB, peakMiB, idleWrites float64
+	var perPool operatorCounts // API requests and passes per pool, creation to steady state
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		ns := fmt.Sprintf("%s-%d-%d", benchNS, time.Now().Unix()%100000, i)
@@ -71,6 +72,10 @@ func BenchmarkReconcile1000Pools(b *testing.B) {
 		waitSteadyState(b, fast, ns)
 		operatorSecs += time.Since(start).Seconds()
 		b.StopTimer()
+		c := op.scrape(b)
+		perPool.reconciles += c.reconciles / benchPools
+		perPool.writes += c.writes / benchPools
+		perPool.reads += c.reads / benchPools
 		idleWrites += op.idlePassWrites(b)
 		rss, peak := op.memory(b)
 		rssMiB, peakMiB = rssMiB+rss, peakMiB+peak
@@ -83,6 +88,9 @@ func BenchmarkReconcile1000Pools(b *testing.B) {
 	b.ReportMetric(rssMiB/n, "operator-rss-MiB")
 	b.ReportMetric(peakMiB/n, "operator-peak-rss-MiB")
 	b.ReportMetric(idleWrites/n, "idle-pass-api-writes")
+	b.ReportMetric(perPool.writes/n, "api-writes/pool")
+	b.ReportMetric(perPool.reads/n, "api-reads/pool")
+	b.ReportMetric(perPool.reconciles/n, "passes/pool")
 }
 
 // waitSteadyState waits until every pool in ns has a status for its
@@ -235,11 +243,12 @@ func (p *managerProc) idlePassWrites(b *testing.B) float64 {
 	}
 }
 
-type operatorCounts struct{ reconciles, writes float64 }
+type operatorCounts struct{ reconciles, writes, reads float64 }
 
-// scrape reads the reconcile passes (workerpool_reconciles_total) and the
-// API writes (rest_client_requests_total, methods other than GET) from the
-// operator's metrics.
+// scrape reads the reconcile passes (workerpool_reconciles_total), the API
+// writes (rest_client_requests_total, methods other than GET) and the API
+// reads (GET: single objects past the cache; the informers' lists and
+// watches too) from the operator's metrics.
 func (p *managerProc) scrape(b *testing.B) operatorCounts {
 	resp, err := http.Get(p.metrics)
 	if err != nil {
@@ -257,7 +266,11 @@ func (p *managerProc) scrape(b *testing.B) operatorCounts {
 	}
 	for _, m := range families["rest_client_requests_total"].GetMetric() {
 		for _, l := range m.GetLabel() {
-			if l.GetName() == "method" && l.GetValue() != "GET" {
+			switch {
+			case l.GetName() != "method":
+			case l.GetValue() == "GET":
+				c.reads += m.GetCounter().GetValue()
+			default:
 				c.writes += m.GetCounter().GetValue()
 			}
 		}
