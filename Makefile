@@ -54,8 +54,9 @@ vet: ## Run go vet on every package
 
 .PHONY: manifests
 manifests: ## Generate the WorkerPool CRD (config/crd/bases) and the operator's ClusterRole (config/rbac/role.yaml) with controller-gen
-	$(TOOLS) controller-gen crd rbac:roleName=manager-role paths=./api/... paths=./controllers/... \
+	$(TOOLS) controller-gen crd:generateEmbeddedObjectMeta=true rbac:roleName=manager-role paths=./api/... paths=./controllers/... \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	$(GO) run ./hack/crdtrim config/crd/bases/workers.tasker.dev_workerpools.yaml spec.template
 
 .PHONY: generate
 generate: ## Generate deepcopy code for api/ with controller-gen

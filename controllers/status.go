@@ -141,7 +141,7 @@ func computeStatus(pool *v1.WorkerPool, obs observation) v1.WorkerPoolStatus {
 	stalled := stalledCondition(obs, rollout)
 	available := availableCondition(pool, obs.Deployment)
 	metrics := metricsCondition(agg)
-	set(readyCondition(obs, stalled, rollout, available, metrics))
+	set(readyCondition(pool, obs, stalled, rollout, available, metrics))
 	set(reconcilingCondition(pool, obs, stalled, rollout))
 	set(stalled)
 	set(available)
@@ -491,7 +491,7 @@ func availableCondition(pool *v1.WorkerPool, d *appsv1.Deployment) metav1.Condit
 		return c
 	}
 	want := replicas(pool)
-	need := want - maxUnavailable(pool)
+	need := neededAvailable(pool)
 	if d.Status.AvailableReplicas >= need {
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonMinimumReplicasAvailable
 	}
@@ -540,6 +540,8 @@ func reconcilingCondition(pool *v1.WorkerPool, obs observation, stalled metav1.C
 		c.Reason, c.Message = p.Reason, p.Message
 	case !r.Observed:
 		c.Reason, c.Message = v1.ReasonScaling, "the Deployment controller has not seen the latest spec yet"
+	case pool.Spec.Suspend && d.Status.Replicas == 0:
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, v1.ReasonSuspended, suspendedMessage(obs)
 	case d.Status.Replicas != want || d.Status.AvailableReplicas < want:
 		c.Reason = v1.ReasonScaling
 		c.Message = fmt.Sprintf("%d of %d replicas available, %d running", d.Status.AvailableReplicas, want, d.Status.Replicas)
@@ -698,13 +700,16 @@ func keepUnlessCovered(c metav1.Condition, a aggregation, prev *metav1.Condition
 // replicas are available for the disruption budget and its metrics are
 // readable. Starving and Backpressure are reported on their own (and
 // alerted on); they do not make a running pool un-ready.
-func readyCondition(obs observation, stalled metav1.Condition, r rollout, available, metrics metav1.Condition) metav1.Condition {
+func readyCondition(pool *v1.WorkerPool, obs observation, stalled metav1.Condition, r rollout, available, metrics metav1.Condition) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionReady, Status: metav1.ConditionFalse}
 	switch {
 	case stalled.Status == metav1.ConditionTrue:
 		c.Reason, c.Message = stalled.Reason, stalled.Message
 	case obs.ApplyErr != nil:
 		c.Reason, c.Message = v1.ReasonApplyFailed, truncate(obs.ApplyErr.Error(), 1000)
+	case pool.Spec.Suspend:
+		// What the spec asks for: no pods. Those still there are draining.
+		c.Status, c.Reason, c.Message = metav1.ConditionTrue, v1.ReasonSuspended, suspendedMessage(obs)
 	case !r.Known || !r.Done:
 		p := progressingCondition(obs.Deployment, r)
 		c.Reason, c.Message = p.Reason, p.Message
@@ -717,6 +722,14 @@ func readyCondition(obs observation, stalled metav1.Condition, r rollout, availa
 		c.Message = available.Message + "; template rolled out; metrics: " + metrics.Message
 	}
 	return c
+}
+
+func suspendedMessage(obs observation) string {
+	msg := "suspended (spec.suspend): scaled to zero pods; configuration and children kept"
+	if n := len(obs.Pods); n > 0 {
+		msg += fmt.Sprintf("; %d %s still running", n, plural(n, "pod", "pods"))
+	}
+	return msg
 }
 
 // statusHeartbeat bounds how stale lastScrapeTime may get: a status whose

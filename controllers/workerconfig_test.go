@@ -112,11 +112,11 @@ func TestDeploymentPassesThroughAndHardens(t *testing.T) {
 	if tpl.Spec.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		t.Fatal("no RuntimeDefault seccomp profile")
 	}
-	if !wantsPDB(p) {
+	if desiredPDB(p) == nil {
 		t.Error("3 replicas and no PodDisruptionBudget")
 	}
 	p.Spec.Replicas = ptr.To(int32(1))
-	if wantsPDB(p) {
+	if desiredPDB(p) != nil {
 		t.Error("a PodDisruptionBudget on one replica would block every node drain")
 	}
 }

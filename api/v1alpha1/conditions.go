@@ -68,6 +68,9 @@ const (
 	// ReasonApplyFailed: a child could not be written for a reason that may
 	// pass (the API server unreachable, a timeout); the operator retries.
 	ReasonApplyFailed = "ApplyFailed"
+	// ReasonSuspended: spec.suspend scaled the pool to zero pods (Ready True,
+	// Reconciling False once they are gone).
+	ReasonSuspended = "Suspended"
 	// ReasonNotStalled: nothing blocks the pool (Stalled False).
 	ReasonNotStalled = "NotStalled"
 	// ReasonStalled: Reconciling is False because progress is blocked; the

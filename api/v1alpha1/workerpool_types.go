@@ -2,7 +2,9 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // Duration is a Go duration string ("30s", "500ms"). It is validated in the
@@ -13,6 +15,16 @@ import (
 type Duration string
 
 // WorkerPoolSpec declares a pool of Tasker step workers.
+//
+// Where a convenience field below and spec.template name the same thing, the
+// two must agree: setting both to different values is refused, naming both.
+// +kubebuilder:validation:XValidation:rule="has(self.image) || (has(self.template) && has(self.template.spec) && has(self.template.spec.containers) && self.template.spec.containers.exists(c, c.name == 'worker' && has(c.image)))",message="spec.image is required (or the image of the container named worker in spec.template)"
+// +kubebuilder:validation:XValidation:rule="!has(self.image) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.containers) || self.template.spec.containers.all(c, c.name != 'worker' || !has(c.image) || c.image == self.image)",message="spec.image and the image of the worker container in spec.template differ: set it in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.command) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.containers) || self.template.spec.containers.all(c, c.name != 'worker' || !has(c.command))",message="spec.command and the command of the worker container in spec.template are both set: set it in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.args) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.containers) || self.template.spec.containers.all(c, c.name != 'worker' || !has(c.args))",message="spec.args and the args of the worker container in spec.template are both set: set them in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.resources) || !(has(self.resources.limits) || has(self.resources.requests) || has(self.resources.claims)) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.containers) || self.template.spec.containers.all(c, c.name != 'worker' || !has(c.resources) || !(has(c.resources.limits) || has(c.resources.requests) || has(c.resources.claims)))",message="spec.resources and the resources of the worker container in spec.template are both set: set them in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.serviceAccountName) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.serviceAccountName) || self.template.spec.serviceAccountName == self.serviceAccountName",message="spec.serviceAccountName and spec.template.spec.serviceAccountName differ: set it in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.affinity) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.affinity)",message="spec.affinity and spec.template.spec.affinity are both set: set it in one place"
 type WorkerPoolSpec struct {
 	// Replicas is the number of worker pods; also driven through /scale.
 	// +kubebuilder:default=1
@@ -21,9 +33,13 @@ type WorkerPoolSpec struct {
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
 
-	// Image is the worker image (tasker-worker, or a runtime embedding libtaskerworker).
+	// Image is the worker image (tasker-worker, or a runtime embedding
+	// libtaskerworker). Required unless the container named worker in
+	// Template sets it.
 	// +kubebuilder:validation:MinLength=1
-	Image string `json:"image"`
+	// +kubebuilder:validation:MaxLength=4096
+	// +optional
+	Image string `json:"image,omitempty"`
 
 	// ImagePullPolicy of the worker container.
 	// +kubebuilder:default=IfNotPresent
@@ -53,6 +69,7 @@ type WorkerPoolSpec struct {
 	// +optional
 	Affinity *corev1.Affinity `json:"affinity,omitempty"`
 	// ServiceAccountName the pods run as.
+	// +kubebuilder:validation:MaxLength=253
 	// +optional
 	ServiceAccountName string `json:"serviceAccountName,omitempty"`
 	// PodLabels are added to the pods (the pool's selector label is always set).
@@ -61,6 +78,29 @@ type WorkerPoolSpec struct {
 	// PodAnnotations are added to the pods.
 	// +optional
 	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
+
+	// Suspend scales the pool to zero pods and keeps everything else: its
+	// configuration, children and status. Setting it back to false restores
+	// the replica count.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+
+	// Template is the pods' template, for everything the fields above do not
+	// cover: image pull secrets, volumes and mounts, init containers and
+	// sidecars, security contexts, scheduling (topology spread, priority
+	// class), probes, lifecycle hooks. The operator merges its worker
+	// container into the container named "worker" (adding it if absent) and
+	// keeps whatever else the template sets; docs/operator.md has the rules.
+	// +optional
+	Template *corev1.PodTemplateSpec `json:"template,omitempty"`
+
+	// Rollout tunes how the Deployment replaces pods on a template change.
+	// +optional
+	Rollout *RolloutSpec `json:"rollout,omitempty"`
+
+	// Disruption is the pool's PodDisruptionBudget.
+	// +optional
+	Disruption *DisruptionSpec `json:"disruption,omitempty"`
 
 	// Queue is the PostgreSQL step queue the pool consumes.
 	Queue QueueSpec `json:"queue"`
@@ -79,6 +119,65 @@ type WorkerPoolSpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	Drain DrainSpec `json:"drain,omitempty"`
+}
+
+// RolloutSpec is the Deployment's rolling update settings.
+// +kubebuilder:validation:XValidation:rule="!has(self.maxSurge) || !has(self.maxUnavailable) || !(string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])",message="spec.rollout: maxSurge and maxUnavailable cannot both be 0"
+type RolloutSpec struct {
+	// MaxSurge is how many pods above the replica count may exist during a
+	// rollout: a number or a percentage (default 25%).
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",message="spec.rollout.maxSurge must be a non-negative number or a percentage such as 25%"
+	// +optional
+	MaxSurge *intstr.IntOrString `json:"maxSurge,omitempty"`
+	// MaxUnavailable is how many pods may be unavailable during a rollout: a
+	// number or a percentage (default 25%).
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",message="spec.rollout.maxUnavailable must be a non-negative number or a percentage such as 25%"
+	// +optional
+	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
+	// MinReadySeconds is how long a new pod must be ready before it counts
+	// as available.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=3600
+	// +optional
+	MinReadySeconds int32 `json:"minReadySeconds,omitempty"`
+	// ProgressDeadlineSeconds is how long a rollout may make no progress
+	// before the pool is Stalled with reason ProgressDeadlineExceeded
+	// (default 600).
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	ProgressDeadlineSeconds *int32 `json:"progressDeadlineSeconds,omitempty"`
+}
+
+// DisruptionSpec is the pool's PodDisruptionBudget: how many pods voluntary
+// disruptions (node drains) may take down at once.
+// +kubebuilder:validation:XValidation:rule="!(has(self.maxUnavailable) && has(self.minAvailable))",message="spec.disruption: set maxUnavailable or minAvailable, not both"
+// +kubebuilder:validation:XValidation:rule="self.enabled || !(has(self.maxUnavailable) || has(self.minAvailable))",message="spec.disruption: maxUnavailable and minAvailable need enabled: true"
+type DisruptionSpec struct {
+	// Enabled: false gives the pool no PodDisruptionBudget at all.
+	// +kubebuilder:default=true
+	// +optional
+	Enabled bool `json:"enabled"`
+	// MaxUnavailable pods at most may be disrupted at once: a number or a
+	// percentage. Without it or MinAvailable, the pool gets maxUnavailable 1
+	// when it has more than one replica, and no budget with one.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",message="spec.disruption.maxUnavailable must be a non-negative number or a percentage such as 25%"
+	// +optional
+	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
+	// MinAvailable pods at least must stay up: a number or a percentage.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",message="spec.disruption.minAvailable must be a non-negative number or a percentage such as 50%"
+	// +optional
+	MinAvailable *intstr.IntOrString `json:"minAvailable,omitempty"`
+	// UnhealthyPodEvictionPolicy: AlwaysAllow (the default) lets pods that
+	// are not ready be evicted whatever the budget, so a crash-looping pool
+	// never blocks a node drain; IfHealthyBudget only while the budget holds.
+	// +kubebuilder:validation:Enum=AlwaysAllow;IfHealthyBudget
+	// +kubebuilder:default=AlwaysAllow
+	// +optional
+	UnhealthyPodEvictionPolicy policyv1.UnhealthyPodEvictionPolicyType `json:"unhealthyPodEvictionPolicy,omitempty"`
 }
 
 // QueueSpec is [worker.queue].

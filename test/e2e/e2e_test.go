@@ -74,6 +74,7 @@ func TestOperator(t *testing.T) {
 		{"helm install", installOperator},
 		{"a blocked pool says why, then recovers", stalled},
 		{"samples become Ready and complete their steps", samples},
+		{"a pod template with an init container and a sidecar; suspend and resume", templated},
 		{"describe shows in-flight, saturation and pending age", describe},
 		{"slow FFI poller: Starving True and back", starving},
 		{"tiny completion buffer: Backpressure", backpressure},
@@ -171,6 +172,67 @@ func samples(t *testing.T, ns string) {
 		e.waitDrained(t, q, 75, 3*time.Minute)
 		kubectl(t, "delete", "wp", wp.Name, "-n", ns, "--wait=true", "--timeout=2m")
 	}
+}
+
+// templated: spec.template adds an init container (applying the queue
+// schema before the worker starts) and a native sidecar; the pool becomes
+// Ready and completes steps. spec.suspend takes it to zero pods (Ready,
+// reason Suspended; steps wait) and back (the steps complete).
+func templated(t *testing.T, ns string) {
+	wp := workerPool(ns, "templated", "templated")
+	wp.Spec.Replicas = ptr(int32(2))
+	restricted := &corev1.SecurityContext{AllowPrivilegeEscalation: ptr(false), ReadOnlyRootFilesystem: ptr(true),
+		RunAsNonRoot: ptr(true), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
+	wp.Spec.Template = &corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"example.com/tier": "batch"}},
+		Spec: corev1.PodSpec{InitContainers: []corev1.Container{
+			{Name: "migrate", Image: e.workerImage, ImagePullPolicy: corev1.PullNever, Args: []string{"migrate"}, SecurityContext: restricted,
+				Env: []corev1.EnvVar{{Name: "DATABASE_URL", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &wp.Spec.Queue.DatabaseSecretRef}}}},
+			{Name: "sidecar", Image: e.pauseImage, ImagePullPolicy: corev1.PullNever, RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways),
+				SecurityContext: restricted},
+		}},
+	}
+	kubectlApply(t, e.poolManifest(t, wp))
+	e.waitPool(t, ns, "templated", "both replicas Ready", 3*time.Minute, func(w *v1.WorkerPool) bool {
+		return ready(w) && w.Status.ReadyReplicas == 2
+	})
+	for _, p := range poolPods(t, ns, "templated") {
+		var init []string
+		for _, cs := range p.Status.InitContainerStatuses {
+			switch {
+			case cs.State.Terminated != nil:
+				init = append(init, cs.Name+" done, exit "+fmt.Sprint(cs.State.Terminated.ExitCode))
+			case cs.State.Running != nil:
+				init = append(init, cs.Name+" running")
+			}
+		}
+		if strings.Join(init, "; ") != "migrate done, exit 0; sidecar running" || p.Labels["example.com/tier"] != "batch" {
+			t.Errorf("pod %s: init containers %q, labels %v", p.Name, init, p.Labels)
+		}
+	}
+	e.enqueue(t, "templated", "noop", `{}`, 50)
+	e.waitDrained(t, "templated", 50, 3*time.Minute)
+
+	kubectl(t, "patch", "wp", "templated", "-n", ns, "--type=merge", "-p", `{"spec":{"suspend":true}}`)
+	got := e.waitPool(t, ns, "templated", "suspended, no pods", 3*time.Minute, func(w *v1.WorkerPool) bool {
+		return w.Status.ObservedGeneration == w.Generation && cond(w, v1.ConditionReconciling).Reason == v1.ReasonSuspended &&
+			len(poolPods(t, ns, "templated")) == 0
+	})
+	if c := cond(got, v1.ConditionReady); c.Status != metav1.ConditionTrue || c.Reason != v1.ReasonSuspended {
+		t.Errorf("Ready while suspended: %+v", c)
+	}
+	kubectl(t, "wait", "--for=condition=Ready", "wp/templated", "-n", ns, "--timeout=1m")
+	t.Logf("$ kubectl get wp templated\n%s", kubectl(t, "get", "wp", "templated", "-n", ns))
+	if res := kstatusOf(t, ns, "templated"); res.Status != kstatus.CurrentStatus {
+		t.Errorf("kstatus while suspended: %s (%s)", res.Status, res.Message)
+	}
+	e.enqueue(t, "templated", "noop", `{}`, 20)
+	kubectl(t, "patch", "wp", "templated", "-n", ns, "--type=merge", "-p", `{"spec":{"suspend":false}}`)
+	e.waitPool(t, ns, "templated", "resumed", 3*time.Minute, func(w *v1.WorkerPool) bool {
+		return ready(w) && w.Status.ReadyReplicas == 2 && cond(w, v1.ConditionReady).Reason == v1.ReasonPoolReady
+	})
+	e.waitDrained(t, "templated", 70, 3*time.Minute)
+	kubectl(t, "delete", "wp", "templated", "-n", ns, "--wait=true", "--timeout=2m")
 }
 
 // describe: a busy pool shows its figures in kubectl describe.

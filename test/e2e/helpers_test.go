@@ -29,6 +29,7 @@ import (
 // env is what hack/e2e.sh hands the suite.
 type env struct {
 	operatorImage, workerImage string // repository:tag, imported into the node
+	pauseImage                 string // a container that only waits, imported into the node
 	databaseURL                string // reachable from pods and from this host
 	helm                       []string
 	k8s                        client.Client
@@ -49,6 +50,7 @@ func newEnv(ctx context.Context) (*env, error) {
 	e := &env{
 		operatorImage: mustEnv("E2E_OPERATOR_IMAGE"),
 		workerImage:   mustEnv("E2E_WORKER_IMAGE"),
+		pauseImage:    mustEnv("E2E_PAUSE_IMAGE"),
 		databaseURL:   mustEnv("E2E_DATABASE_URL"),
 		helm:          strings.Fields(mustEnv("E2E_HELM")),
 	}
