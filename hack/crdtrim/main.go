@@ -7,14 +7,16 @@
 //     field documentation would more than double the CRD's size and push it
 //     past what a client-side `kubectl apply` can store in its last-applied
 //     annotation (256 KiB); `kubectl explain pod.spec` documents them already;
+//
 //   - it makes the template's containers optional: the operator adds the
 //     worker container, so a template may set only pod-level fields;
+//
 //   - it bounds the template's containers (at most 32, names of at most 63
 //     characters as Kubernetes requires, images of at most 4096), so that the
 //     CEL rules that compare the worker container with the spec's
 //     convenience fields have a cost the API server accepts.
 //
-//	go run ./hack/crdtrim FILE spec.template
+//     go run ./hack/crdtrim FILE spec.template
 package main
 
 import (

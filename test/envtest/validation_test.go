@@ -81,7 +81,9 @@ func TestValidationRulesNameTheField(t *testing.T) {
 		{"name too long for its Deployment", func(w *v1.WorkerPool) { w.Name = strings.Repeat("p", 64) }, []string{"metadata.name must be at most 63 characters"}},
 		{"name with a dot, which no Service may have", func(w *v1.WorkerPool) { w.Name = "payments.v2" }, []string{"metadata.name must start with a letter", "DNS-1035"}},
 		{"name starting with a digit", func(w *v1.WorkerPool) { w.Name = "2payments" }, []string{"metadata.name must start with a letter"}},
-		{"image in two places", func(w *v1.WorkerPool) { w.Spec.Template = workerTemplate(corev1.Container{Name: "worker", Image: "other:1"}) },
+		{"image in two places", func(w *v1.WorkerPool) {
+			w.Spec.Template = workerTemplate(corev1.Container{Name: "worker", Image: "other:1"})
+		},
 			[]string{"spec.image and the image of the worker container in spec.template differ"}},
 		{"no image in either place", func(w *v1.WorkerPool) {
 			w.Spec.Image, w.Spec.Template = "", workerTemplate(corev1.Container{Name: "worker"})
