@@ -99,7 +99,18 @@ type Options struct {
 	Jitter func() float64
 	// Logger receives listener reconnects and similar operational events.
 	Logger logr.Logger
+	// FinalAttemptGrace is how long a claim on a step's final attempt must
+	// have been expired before another claimer makes the step dead
+	// (claim_expired). Within it the owner's late heartbeat can still extend
+	// the claim, so a step is not dead-lettered while the worker running it
+	// is merely slow to heartbeat. Default DefaultFinalAttemptGrace.
+	FinalAttemptGrace time.Duration
 }
+
+// DefaultFinalAttemptGrace is Options.FinalAttemptGrace when unset: the
+// default visibility timeout, so a poison step is dead-lettered at most one
+// visibility later than without a grace.
+const DefaultFinalAttemptGrace = 30 * time.Second
 
 // Queue is the durable step queue on PostgreSQL. It is safe for concurrent
 // use; all state lives in the database, so any number of workers can share
@@ -139,6 +150,12 @@ func New(pool *pgxpool.Pool, opts Options, reg prometheus.Registerer) (*Queue, e
 	}
 	if opts.Jitter == nil {
 		opts.Jitter = UniformJitter(DefaultJitterFraction)
+	}
+	if opts.FinalAttemptGrace < 0 {
+		return nil, fmt.Errorf("queue: negative FinalAttemptGrace %v", opts.FinalAttemptGrace)
+	}
+	if opts.FinalAttemptGrace == 0 {
+		opts.FinalAttemptGrace = DefaultFinalAttemptGrace
 	}
 	if opts.Logger.GetSink() == nil {
 		opts.Logger = logr.Discard()
@@ -460,6 +477,9 @@ func (s ClaimedStep) Claim() Claim { return Claim{ID: s.ID, Token: s.Token} }
 // A claimed row whose visibility expired is claimable again (redelivery). If
 // it had already used its last attempt, it becomes dead instead of running
 // again: a step that keeps killing its worker must not crash-loop the pool.
+// Such a final-attempt claim is left alone until it has been expired for
+// $5 µs (Options.FinalAttemptGrace): its owner may only be late with its
+// heartbeat, and may still extend the claim and complete the step.
 const claimSQL = `
 WITH picked AS (
 	SELECT c.id, c.state AS prev_state, c.visible_at AS prev_visible_at,
@@ -471,6 +491,8 @@ WITH picked AS (
 		WHERE s.queue = q.name
 		  AND s.state IN ('ready', 'claimed')
 		  AND s.visible_at <= now()
+		  AND NOT (s.state = 'claimed' AND s.attempts >= s.max_attempts
+		           AND s.visible_at > now() - $5::bigint * interval '1 microsecond')
 		ORDER BY s.visible_at, s.id
 		LIMIT $2
 		FOR UPDATE SKIP LOCKED
@@ -486,11 +508,7 @@ UPDATE tasker_steps s SET
 	claimed_at = CASE WHEN p.exhausted THEN s.claimed_at ELSE now() END,
 	visible_at = now() + $4::bigint * interval '1 microsecond',
 	completed_at = CASE WHEN p.exhausted THEN now() END,
-	last_error = CASE WHEN p.exhausted THEN jsonb_build_object(
-		'error_type', 'claim_expired',
-		'retryable', false,
-		'message', format('claim by %s expired on final attempt %s of %s without acknowledgement', s.claimed_by, s.attempts, s.max_attempts),
-		'previous_error', s.last_error)
+	last_error = CASE WHEN p.exhausted THEN ` + claimExpiredErrorSQL + `
 		ELSE s.last_error END
 FROM picked p
 WHERE s.id = p.id
@@ -517,7 +535,7 @@ func (q *Queue) Claim(ctx context.Context, queues []string, workerID string, lim
 		return nil, fmt.Errorf("claim from %v: visibility %v must be positive", queues, visibility)
 	}
 	start := time.Now()
-	rows, err := q.pool.Query(ctx, claimSQL, queues, limit, workerID, visibility.Microseconds())
+	rows, err := q.pool.Query(ctx, claimSQL, queues, limit, workerID, visibility.Microseconds(), q.opts.FinalAttemptGrace.Microseconds())
 	if err != nil {
 		return nil, fmt.Errorf("claim from %v: %w", queues, err)
 	}
@@ -725,8 +743,10 @@ type Completion struct {
 	Outcome Outcome
 	// Result is stored on Success (the step result wire format, or any JSON).
 	Result json.RawMessage
-	// Error is stored as last_error on a failure; empty becomes a minimal
-	// {"message": ...} object so a dead step always says something.
+	// Error is stored as last_error on a failure: a failed step result in
+	// the wire format (see LastError), which is what the worker writes.
+	// Empty becomes such a result saying "no error details reported", so a
+	// dead step always says something.
 	Error json.RawMessage
 }
 
@@ -877,11 +897,7 @@ func completionJSON(c Completion) (result, errJSON string, err error) {
 		}
 	case RetryableFailure, PermanentFailure:
 		if len(c.Error) == 0 {
-			b, _ := json.Marshal(map[string]any{
-				"message":   "no error details reported",
-				"retryable": c.Outcome == RetryableFailure,
-			})
-			c.Error = b
+			c.Error = FailedResult("", "no error details reported", "handler_error", c.Outcome == RetryableFailure, nil)
 		}
 		if !json.Valid(c.Error) {
 			return result, errJSON, errors.New("error is not valid JSON")

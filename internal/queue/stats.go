@@ -207,27 +207,3 @@ func (q *Queue) Get(ctx context.Context, id int64) (Step, error) {
 	s.VisibleAt, s.ClaimedBy, s.ClaimedAt, s.CompletedAt = visible.Time, claimedBy.String, claimedAt.Time, completedAt.Time
 	return s, nil
 }
-
-const purgeSQL = `
-DELETE FROM tasker_steps
-WHERE id IN (
-	SELECT id FROM tasker_steps
-	WHERE state = 'completed' AND completed_at < now() - $1::bigint * interval '1 microsecond'
-	LIMIT $2
-)`
-
-// PurgeCompleted deletes up to limit completed steps older than olderThan
-// and returns how many it deleted. Dead steps are never purged (someone has
-// to look at them). Completed rows otherwise accumulate forever; an operator
-// or a periodic job calls this in bounded batches so it never holds long
-// locks.
-func (q *Queue) PurgeCompleted(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
-	if limit <= 0 {
-		return 0, nil
-	}
-	tag, err := q.pool.Exec(ctx, purgeSQL, olderThan.Microseconds(), limit)
-	if err != nil {
-		return 0, fmt.Errorf("purge completed steps older than %v: %w", olderThan, err)
-	}
-	return tag.RowsAffected(), nil
-}
