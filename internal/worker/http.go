@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -10,7 +11,9 @@ import (
 
 // Handler serves /metrics, /healthz (the process is alive) and /readyz (the
 // queue is reachable and dispatch is running; 503 while draining, so the pod
-// leaves its Service before it stops).
+// leaves its Service before it stops, and 503 while FFI events wait and no
+// foreign poller has polled for longer than the starvation threshold, so a
+// pod whose pollers died is noticed).
 func (w *Worker) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{Registry: w.reg}))
@@ -37,6 +40,12 @@ func (w *Worker) notReady(ctx context.Context) string {
 		return "draining"
 	case !w.started.Load():
 		return "starting"
+	}
+	if w.ffi != nil {
+		if st, stalled := w.ffi.Stalled(); stalled {
+			return fmt.Sprintf("FFI pollers stalled: no poll for %s while %d events wait (starvation_warning_threshold_ms %d)",
+				st.SinceLastPoll.Round(time.Millisecond), st.Waiting, w.cfg.Worker.MPSCChannels.FFIDispatch.StarvationWarningThresholdMS)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
