@@ -207,3 +207,27 @@ func (q *Queue) Get(ctx context.Context, id int64) (Step, error) {
 	s.VisibleAt, s.ClaimedBy, s.ClaimedAt, s.CompletedAt = visible.Time, claimedBy.String, claimedAt.Time, completedAt.Time
 	return s, nil
 }
+
+// CountByState counts the steps of every queue by state, in one statement.
+// States without steps are absent.
+func (q *Queue) CountByState(ctx context.Context) (map[State]int, error) {
+	rows, err := q.pool.Query(ctx, `SELECT state, count(*) FROM tasker_steps GROUP BY state`)
+	if err != nil {
+		return nil, fmt.Errorf("count steps by state: %w", err)
+	}
+	out := map[State]int{}
+	for rows.Next() {
+		var s string
+		var n int
+		if err := rows.Scan(&s, &n); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("count steps by state: %w", err)
+		}
+		out[State(s)] = n
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count steps by state: %w", err)
+	}
+	return out, nil
+}

@@ -126,10 +126,11 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 		dispatchCh:    make(chan dispatch.StepMessage, dispatchBuffer),
 		completionCh:  make(chan *dispatch.Completion, hd.CompletionBufferSize),
 		capacityFreed: make(chan struct{}, 1),
-		givenBack:     make(chan *dispatch.Completion, hd.CompletionBufferSize),
-		reg:           prometheus.NewRegistry(),
-		failureLog:    lograte.New(20, 10*time.Second),
-		deadLog:       lograte.New(20, 10*time.Second),
+		// Every running handler may end undelivered at once: room for all.
+		givenBack:  make(chan *dispatch.Completion, hd.MaxConcurrentHandlers),
+		reg:        prometheus.NewRegistry(),
+		failureLog: lograte.New(20, 10*time.Second),
+		deadLog:    lograte.New(20, 10*time.Second),
 	}
 	w.hard, w.stopHard = context.WithCancel(context.Background())
 	w.drainTimeout.Store(int64(cfg.Worker.Drain.Timeout()))
@@ -286,7 +287,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	if !ran {
 		return errors.New("worker: Run called twice")
 	}
-	defer w.pool.Close()
 	defer w.stopHard()
 	bg, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
@@ -326,6 +326,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer cancel()
 	if srv.Shutdown(shutdownCtx) != nil {
 		_ = srv.Close()
+	}
+	// Closing the pool waits for its connections to close, and with the
+	// database unreachable pgx waits up to 15 s per connection for a cancel
+	// request: the rest happens after Run has returned (the process exits,
+	// or a library caller goes on).
+	closed := make(chan struct{})
+	go func() { w.pool.Close(); close(closed) }()
+	t := time.NewTimer(max(time.Until(deadline), 0))
+	defer t.Stop()
+	select {
+	case <-closed:
+	case <-t.C:
 	}
 	return err
 }
