@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -385,4 +386,15 @@ func (p *freezableProxy) dsn(t *testing.T, dsn string) string {
 	}
 	u.Host = p.ln.Addr().String()
 	return u.String()
+}
+
+// countingNoop is a registry whose "noop" handler counts its runs.
+func countingNoop() (*dispatch.Registry, *atomic.Int64) {
+	ran := &atomic.Int64{}
+	reg := dispatch.NewRegistry()
+	reg.MustRegister("noop", dispatch.HandlerFunc(func(context.Context, *dispatch.StepMessage) (json.RawMessage, error) {
+		ran.Add(1)
+		return nil, nil
+	}))
+	return reg, ran
 }

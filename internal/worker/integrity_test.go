@@ -535,9 +535,8 @@ func urlHost(dsn string) (string, error) {
 func TestRetentionDeletesFinishedStepsWhileWorkersRun(t *testing.T) {
 	e := newEnv(t)
 	hold := newGatedRuns()
-	reg := dispatch.NewRegistry()
+	reg, _ := countingNoop()
 	reg.MustRegister("hold", hold)
-	reg.MustRegister("noop", dispatch.HandlerFunc(func(context.Context, *dispatch.StepMessage) (json.RawMessage, error) { return nil, nil }))
 	reg.MustRegister("fail", dispatch.HandlerFunc(func(context.Context, *dispatch.StepMessage) (json.RawMessage, error) {
 		return nil, dispatch.Permanent(fmt.Errorf("bad input"))
 	}))
@@ -589,9 +588,8 @@ func TestCallbackRunsOnlyForDurableResults(t *testing.T) {
 		return called[step]
 	}
 	g := newGatedRuns()
-	reg := dispatch.NewRegistry()
+	reg, _ := countingNoop()
 	reg.MustRegister("gated", g)
-	reg.MustRegister("noop", dispatch.HandlerFunc(func(context.Context, *dispatch.StepMessage) (json.RawMessage, error) { return nil, nil }))
 	cfg := testConfig("callbacks")
 	cfg.Worker.MPSCChannels.FFIDispatch.CallbackStrategy = "Blocking"
 	r := startWorkerWith(t, e, cfg, reg, logr.Discard(), cb)

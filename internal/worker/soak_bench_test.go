@@ -2,15 +2,12 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/seed-a17b38e7/workerpool-operator/internal/dispatch"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
 )
 
@@ -36,12 +33,7 @@ func BenchmarkRetentionSoak(b *testing.B) {
 	rc.BatchSize = 5000
 	backlog := int64(envInt("SOAK_BACKLOG", 20000))
 	sample := time.Duration(envInt("SOAK_SAMPLE_S", 10)) * time.Second
-	var ran atomic.Int64
-	reg := dispatch.NewRegistry()
-	reg.MustRegister("noop", dispatch.HandlerFunc(func(context.Context, *dispatch.StepMessage) (json.RawMessage, error) {
-		ran.Add(1)
-		return nil, nil
-	}))
+	reg, ran := countingNoop()
 	w, e, stop, errs := benchWorker(b, cfg, reg)
 	n := int64(b.N)
 	ctx := context.Background()
