@@ -610,3 +610,39 @@ func TestCallbackRunsOnlyForDurableResults(t *testing.T) {
 		t.Fatalf("the callback ran %d times for a fenced result", n)
 	}
 }
+
+// /livez fails once FFI events have waited with no poll for longer than the
+// completion timeout (the pollers are dead: restart), while /readyz already
+// failed at the starvation threshold; a poll makes both pass again.
+func TestLivezFailsWhenPollersStayDeadPastTheCompletionTimeout(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig("livez")
+	fc := &cfg.Worker.MPSCChannels.FFIDispatch
+	fc.Enabled = true
+	fc.StarvationWarningThresholdMS = 100
+	fc.CompletionTimeoutMS = 800
+	enqueue(t, e.q, 3, "py", `{}`, nil)
+	r := startWorker(t, e, cfg, nil)
+	if httpStatus(r.url("/livez")) != 200 {
+		t.Fatal("livez not 200 at start")
+	}
+	eventually(t, "livez 503", 30*time.Second, func() bool { return httpStatus(r.url("/livez")) == 503 })
+	if body := httpBody(t, r.url("/livez")); !strings.Contains(body, "FFI pollers dead: no poll for") || !strings.Contains(body, "while 3 events wait") {
+		t.Fatalf("livez body %q", body)
+	}
+	if httpStatus(r.url("/readyz")) != 503 {
+		t.Fatal("readyz must fail before livez does")
+	}
+	ch := r.w.FFI()
+	eventually(t, "every step completed", 30*time.Second, func() bool {
+		if m, ok := ch.Poll(); ok {
+			if st, err := ch.Complete(m.EventID, dispatch.StepExecutionResult{StepUUID: m.StepUUID, Success: true}); st != ffi.Completed {
+				t.Fatalf("complete: %v %v", st, err)
+			}
+		}
+		return counts(t, e)[queue.StateCompleted] == 3
+	})
+	if httpStatus(r.url("/livez")) != 200 || httpStatus(r.url("/readyz")) != 200 {
+		t.Fatalf("after polling resumed: livez %d readyz %d", httpStatus(r.url("/livez")), httpStatus(r.url("/readyz")))
+	}
+}
