@@ -17,6 +17,8 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/seed-a17b38e7/workerpool-operator/internal/lograte"
 )
 
 // NotifyChannel is the LISTEN/NOTIFY channel producers signal after
@@ -123,6 +125,8 @@ type Queue struct {
 	m           *metrics
 	statsMu     sync.Mutex
 	statsQueues map[string]bool // queues whose gauges RefreshStats has set
+	// deadLog rate-limits the log lines of steps Claim dead-letters.
+	deadLog *lograte.Limiter
 }
 
 // New wraps a pool (already migrated with Migrate) and registers the queue's
@@ -167,6 +171,7 @@ func New(pool *pgxpool.Pool, opts Options, reg prometheus.Registerer) (*Queue, e
 		log:         opts.Logger,
 		m:           newMetrics(),
 		statsQueues: map[string]bool{},
+		deadLog:     lograte.New(20, 10*time.Second),
 	}
 	for _, name := range opts.Queues {
 		q.statsQueues[name] = true
@@ -560,6 +565,11 @@ func (q *Queue) Claim(ctx context.Context, queues []string, workerID string, lim
 		}
 		if exhausted {
 			dead++
+			if q.deadLog.Allow() {
+				q.log.Error(errors.New("claim expired on the final attempt"), "step dead-lettered: its worker died or hung on the final attempt",
+					"stepUuid", s.StepUUID.String(), "id", s.ID, "queue", s.Queue, "handler", s.Handler, "errorType", ErrorTypeClaimExpired,
+					"attempt", attempt, "maxAttempts", maxAtt, "suppressedSinceLast", q.deadLog.Suppressed())
+			}
 			continue
 		}
 		s.Payload = json.RawMessage(payload)

@@ -461,6 +461,33 @@ func TestStepFailuresAreLogged(t *testing.T) {
 	if l, ok := byType[dispatch.ErrorTypeHandlerError]; !ok || l.kv["handler"] != "fail" || l.kv["attempt"] != 2 {
 		t.Fatalf("retries-exhausted line %+v (found %v)", l.kv, ok)
 	}
+	// A step whose worker died on its final attempt is dead-lettered by the
+	// next claim, and logged as such.
+	// Its claim expired an hour ago, well past the grace.
+	var crashedID int64
+	var crashedUUID string
+	if err := e.pool.QueryRow(context.Background(), `INSERT INTO tasker_steps
+		(queue, handler, state, attempts, max_attempts, claim_token, claimed_by, claimed_at, visible_at)
+		VALUES ('default', 'noop', 'claimed', 1, 1, 1, 'crashed-worker', now() - interval '2 hours', now() - interval '1 hour')
+		RETURNING id, step_uuid::text`).Scan(&crashedID, &crashedUUID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the crashed step dead", 30*time.Second, func() bool {
+		st, err := e.q.Get(context.Background(), crashedID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.State == queue.StateDead
+	})
+	var expired []logEntry
+	for _, l := range logs.find("step dead-lettered") {
+		if l.kv["errorType"] == queue.ErrorTypeClaimExpired {
+			expired = append(expired, l)
+		}
+	}
+	if len(expired) != 1 || expired[0].kv["stepUuid"] != crashedUUID || expired[0].kv["queue"] != "default" || expired[0].kv["handler"] != "noop" {
+		t.Fatalf("claim_expired lines %+v", expired)
+	}
 	retried := logs.find("step failed; it is retried")
 	if len(retried) != 1 || retried[0].kv["errorType"] != dispatch.ErrorTypeHandlerError || retried[0].kv["attempt"] != 1 {
 		t.Fatalf("retried failure lines %+v", retried)
@@ -469,9 +496,9 @@ func TestStepFailuresAreLogged(t *testing.T) {
 	// A flood of failures: far fewer lines than failures.
 	const flood = 300
 	enqueue(t, e.q, flood, "fail", `{"retryable":false}`, nil)
-	eventually(t, "the flood dead", 60*time.Second, func() bool { return counts(t, e)[queue.StateDead] == 3+flood })
-	if n := len(logs.find("step dead-lettered")); n > 3+2*20 {
-		t.Fatalf("%d dead-letter lines for %d dead steps: not rate-limited", n, 3+flood)
+	eventually(t, "the flood dead", 60*time.Second, func() bool { return counts(t, e)[queue.StateDead] == 4+flood })
+	if n := len(logs.find("step dead-lettered")); n > 4+2*20 {
+		t.Fatalf("%d dead-letter lines for %d dead steps: not rate-limited", n, 4+flood)
 	}
 }
 
