@@ -126,3 +126,22 @@ func TestPurgeRefusesUnfinishedStates(t *testing.T) {
 		}
 	}
 }
+
+// Migration 4 makes autovacuum keep up with the queue's churn: a fixed
+// threshold instead of a fraction of the table, and no cost delay.
+func TestQueueTableIsVacuumedAtAFixedThreshold(t *testing.T) {
+	env := newEnv(t, Options{})
+	var opts []string
+	if err := env.pool.QueryRow(ctxT(t), `SELECT reloptions FROM pg_class WHERE relname = 'tasker_steps'`).Scan(&opts); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, o := range opts {
+		got[o] = true
+	}
+	for _, want := range []string{"autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=10000", "autovacuum_vacuum_cost_delay=0"} {
+		if !got[want] {
+			t.Errorf("tasker_steps reloptions %v lack %s", opts, want)
+		}
+	}
+}
