@@ -65,6 +65,15 @@ func testConfig(id string) config.Config {
 	return c
 }
 
+// ffiConfig is testConfig with the FFI dispatch channel enabled and its
+// starvation threshold and completion timeout set.
+func ffiConfig(id string, starvationMS, completionMS int64) config.Config {
+	c := testConfig(id)
+	fc := &c.Worker.MPSCChannels.FFIDispatch
+	fc.Enabled, fc.StarvationWarningThresholdMS, fc.CompletionTimeoutMS = true, starvationMS, completionMS
+	return c
+}
+
 // running is a worker started by startWorker.
 type running struct {
 	w      *Worker

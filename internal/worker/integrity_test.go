@@ -244,12 +244,8 @@ func TestUndeliveredResultGivesTheStepBack(t *testing.T) {
 // starvation metrics say so; a poll makes the worker ready again.
 func TestFFIEventsCountInFlightAndStalledPollersFailReadiness(t *testing.T) {
 	e := newEnv(t)
-	cfg := testConfig("ffi-inflight")
+	cfg := ffiConfig("ffi-inflight", 300, 60000)
 	cfg.Worker.MPSCChannels.HandlerDispatch.MaxConcurrentHandlers = 10
-	fc := &cfg.Worker.MPSCChannels.FFIDispatch
-	fc.Enabled = true
-	fc.StarvationWarningThresholdMS = 300
-	fc.CompletionTimeoutMS = 60000
 	const n = 20
 	enqueue(t, e.q, n, "py", `{}`, nil)
 	r := startWorker(t, e, cfg, nil)
@@ -318,8 +314,7 @@ func TestFFIEventsCountInFlightAndStalledPollersFailReadiness(t *testing.T) {
 func TestFFIPolledThenStoppedStepDeadLettersAfterMaxAttempts(t *testing.T) {
 	e := newEnv(t)
 	step := enqueue(t, e.q, 1, "py_hang", `{}`, func(s *queue.NewStep) { s.MaxAttempts = 3 })[0]
-	cfg := testConfig("ffi-stop")
-	cfg.Worker.MPSCChannels.FFIDispatch.Enabled = true
+	cfg := ffiConfig("ffi-stop", 10000, 30000)
 	cfg.Worker.Drain.TimeoutMS = 300
 	for attempt := 1; attempt <= 3; attempt++ {
 		r := startWorker(t, e, cfg, nil)
@@ -643,13 +638,8 @@ func TestCallbackRunsOnlyForDurableResults(t *testing.T) {
 // failed at the starvation threshold; a poll makes both pass again.
 func TestLivezFailsWhenPollersStayDeadPastTheCompletionTimeout(t *testing.T) {
 	e := newEnv(t)
-	cfg := testConfig("livez")
-	fc := &cfg.Worker.MPSCChannels.FFIDispatch
-	fc.Enabled = true
-	fc.StarvationWarningThresholdMS = 100
-	fc.CompletionTimeoutMS = 800
 	enqueue(t, e.q, 3, "py", `{}`, nil)
-	r := startWorker(t, e, cfg, nil)
+	r := startWorker(t, e, ffiConfig("livez", 100, 800), nil)
 	if httpStatus(r.url("/livez")) != 200 {
 		t.Fatal("livez not 200 at start")
 	}
