@@ -63,7 +63,7 @@ class StopKeepsTheAttemptTest(WorkerTestCase):
             w = self.start()
             ev = support.poll_one(w, timeout=30)  # ... and never complete it
             self.assertEqual(ev["attempt"], attempt)
-            w.stop(300)
+            w.stop(2000)  # three quarters wait for the poller, a quarter settles
             (s,) = support.steps(self.queue)
             self.assertEqual((s["state"], s["attempts"]), ("dead" if attempt == 3 else "ready", attempt), s)
             err = s["last_error"]["error"]

@@ -53,7 +53,7 @@ class StopKeepsTheAttemptTest < WorkerTest
       start
       ev = Support.poll_one(@worker, timeout: 30) # ... and never complete it
       assert_equal attempt, ev["attempt"]
-      @worker.stop(300)
+      @worker.stop(2000) # three quarters wait for the poller, a quarter settles
       s, = Support.steps(@queue)
       assert_equal [attempt == 3 ? "dead" : "ready", attempt], s.values_at("state", "attempts"), s.inspect
       err = s["last_error"]["error"]
