@@ -23,6 +23,8 @@ type metrics struct {
 	claimSeconds prometheus.Histogram
 	depth        *prometheus.GaugeVec
 	oldestAge    *prometheus.GaugeVec
+	// retentionDeleted counts finished steps deleted by retention, by state.
+	retentionDeleted *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -76,6 +78,13 @@ func newMetrics() *metrics {
 			Name: "tasker_queue_oldest_ready_age_seconds",
 			Help: "How long the oldest claimable step has been claimable (0 when none), as of the last RefreshStats.",
 		}, []string{"queue"}),
+		retentionDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tasker_queue_retention_deleted_total",
+			Help: "Finished steps deleted by retention (or Purge), by state (completed, dead).",
+		}, []string{"state"}),
+	}
+	for _, st := range []State{StateCompleted, StateDead} {
+		m.retentionDeleted.WithLabelValues(string(st))
 	}
 	for _, o := range []Outcome{Success, RetryableFailure, PermanentFailure} {
 		m.acknowledged.WithLabelValues(string(o)) // export zeros so rate() works from the start
@@ -86,7 +95,7 @@ func newMetrics() *metrics {
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.enqueued, m.claimed, m.acknowledged, m.redelivered, m.dead, m.fenced,
-		m.released, m.claimsLost, m.reconnects, m.claimSeconds, m.depth, m.oldestAge,
+		m.released, m.claimsLost, m.reconnects, m.claimSeconds, m.depth, m.oldestAge, m.retentionDeleted,
 	}
 }
 

@@ -208,26 +208,26 @@ func (q *Queue) Get(ctx context.Context, id int64) (Step, error) {
 	return s, nil
 }
 
-const purgeSQL = `
-DELETE FROM tasker_steps
-WHERE id IN (
-	SELECT id FROM tasker_steps
-	WHERE state = 'completed' AND completed_at < now() - $1::bigint * interval '1 microsecond'
-	LIMIT $2
-)`
-
-// PurgeCompleted deletes up to limit completed steps older than olderThan
-// and returns how many it deleted. Dead steps are never purged (someone has
-// to look at them). Completed rows otherwise accumulate forever; an operator
-// or a periodic job calls this in bounded batches so it never holds long
-// locks.
-func (q *Queue) PurgeCompleted(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
-	if limit <= 0 {
-		return 0, nil
-	}
-	tag, err := q.pool.Exec(ctx, purgeSQL, olderThan.Microseconds(), limit)
+// CountByState counts the steps of every queue by state, in one statement.
+// States without steps are absent.
+func (q *Queue) CountByState(ctx context.Context) (map[State]int, error) {
+	rows, err := q.pool.Query(ctx, `SELECT state, count(*) FROM tasker_steps GROUP BY state`)
 	if err != nil {
-		return 0, fmt.Errorf("purge completed steps older than %v: %w", olderThan, err)
+		return nil, fmt.Errorf("count steps by state: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	out := map[State]int{}
+	for rows.Next() {
+		var s string
+		var n int
+		if err := rows.Scan(&s, &n); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("count steps by state: %w", err)
+		}
+		out[State(s)] = n
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count steps by state: %w", err)
+	}
+	return out, nil
 }
