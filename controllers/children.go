@@ -339,7 +339,10 @@ func mergeWorker(c *corev1.Container, pool *workersv1alpha1.WorkerPool) {
 		return p.Name == workersv1alpha1.MetricsPortName || p.ContainerPort == MetricsPort // the operator's, refused by the schema
 	}), corev1.ContainerPort{Name: workersv1alpha1.MetricsPortName, ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP})
 	if c.LivenessProbe == nil {
-		c.LivenessProbe = workerProbe("/healthz", 10, 3)
+		// /livez fails only when the FFI pollers stayed dead past the
+		// completion timeout (a restart is then the fix), never for a
+		// database outage or a drain.
+		c.LivenessProbe = workerProbe("/livez", 10, 3)
 	}
 	if c.ReadinessProbe == nil {
 		c.ReadinessProbe = workerProbe("/readyz", 5, 2)

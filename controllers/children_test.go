@@ -82,7 +82,7 @@ func TestTemplateMerge(t *testing.T) {
 	}
 	w := container(ps, "worker")
 	if w.Image != "registry.example/scoring:3" || w.Args[0] != "handlers.py" || w.StartupProbe.Exec.Command[0] != startup.Exec.Command[0] || w.ReadinessProbe.Exec == nil ||
-		w.LivenessProbe.HTTPGet.Path != "/healthz" || w.Lifecycle == nil || *w.SecurityContext.ReadOnlyRootFilesystem || w.SecurityContext.Capabilities != nil {
+		w.LivenessProbe.HTTPGet.Path != "/livez" || w.Lifecycle == nil || *w.SecurityContext.ReadOnlyRootFilesystem || w.SecurityContext.Capabilities != nil {
 		t.Errorf("worker container %+v", w)
 	}
 	if e := envNamed(w, "LEVEL"); e.Value != "debug" || envNamed(w, "MODEL") == nil || envNamed(w, "DATABASE_URL").Value != "postgres://override" ||

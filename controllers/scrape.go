@@ -29,6 +29,7 @@ const (
 	metricStarving          = "tasker_ffi_starving_events"
 	metricUnpolled          = "tasker_ffi_unpolled_events"
 	metricOldestUnpolled    = "tasker_ffi_oldest_unpolled_age_ms"
+	metricLastPoll          = "tasker_ffi_last_poll_age_ms"
 	metricCallbackTimeouts  = "tasker_callback_timeouts_total"
 	metricSemaphoreFailures = "tasker_semaphore_acquisition_failures_total"
 )
@@ -199,6 +200,8 @@ func parseSample(r io.Reader, format expfmt.Format) (*podSample, error) {
 			into = &s.UnpolledEvents
 		case metricOldestUnpolled:
 			into, combine = &s.OldestUnpolledAgeMs, familyMax
+		case metricLastPoll:
+			into, combine = &s.LastPollAgeMs, familyMax
 		case metricCallbackTimeouts:
 			into = &s.CallbackTimeouts
 		case metricSemaphoreFailures:

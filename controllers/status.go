@@ -48,6 +48,7 @@ type podSample struct {
 	StarvingEvents       float64
 	UnpolledEvents       float64
 	OldestUnpolledAgeMs  float64
+	LastPollAgeMs        float64 // since the pollers last polled
 	CallbackTimeouts     float64
 	SemaphoreFailures    float64
 }
@@ -162,6 +163,7 @@ type aggregation struct {
 	inFlight, capacity, maxSaturation   int32
 	pending, starving, unpolled         int32
 	oldestMs, oldestUnpolledMs          float64
+	unpolledPodLastPollMs               float64 // the last poll's age on unpolledPod
 	oldestPod, unpolledPod, saturPod    string
 	callbackTimeouts, semaphoreFailures int64
 }
@@ -223,7 +225,7 @@ func aggregate(pods []podObservation) aggregation {
 			a.oldestMs, a.oldestPod = math.Max(0, s.OldestPendingAgeMs), p.Name
 		}
 		if s.OldestUnpolledAgeMs > a.oldestUnpolledMs || a.unpolledPod == "" {
-			a.oldestUnpolledMs, a.unpolledPod = math.Max(0, s.OldestUnpolledAgeMs), p.Name
+			a.oldestUnpolledMs, a.unpolledPod, a.unpolledPodLastPollMs = math.Max(0, s.OldestUnpolledAgeMs), p.Name, s.LastPollAgeMs
 		}
 	}
 	return a
@@ -612,8 +614,12 @@ func starvingCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Conditio
 	switch {
 	case a.oldestUnpolledMs > limit && a.oldestUnpolledMs >= a.oldestMs:
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonEventsStarving
+		noPoll := a.oldestUnpolledMs
+		if a.unpolledPodLastPollMs > 0 {
+			noPoll = min(noPoll, a.unpolledPodLastPollMs) // a poll that left this event behind still polled
+		}
 		c.Message = fmt.Sprintf("no poll for %s on pod %s, %d events waiting across the pool (threshold %s)",
-			formatAge(a.oldestUnpolledMs), a.unpolledPod, a.unpolled, threshold)
+			formatAge(noPoll), a.unpolledPod, a.unpolled, threshold)
 	case a.oldestMs > limit:
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonEventsStarving
 		c.Message = fmt.Sprintf("oldest pending FFI event has waited %s on pod %s (threshold %s); %d events starving across the pool",

@@ -94,7 +94,7 @@ func TestChildrenOfAPool(t *testing.T) {
 	}
 	c := ps.Containers[0]
 	if c.Image != "tasker-worker:dev" || c.Ports[0].Name != "metrics" || c.Ports[0].ContainerPort != 9090 ||
-		c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" ||
+		c.LivenessProbe.HTTPGet.Path != "/livez" || c.ReadinessProbe.HTTPGet.Path != "/readyz" ||
 		c.LivenessProbe.HTTPGet.Port.StrVal != "metrics" || c.Resources.Requests.Cpu().String() != "250m" {
 		t.Errorf("container %+v", c)
 	}
