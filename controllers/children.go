@@ -71,19 +71,20 @@ func (p childPlan) objects() []client.Object {
 	return out
 }
 
-// planChildren renders the pool's children. An error means the spec cannot
-// be rendered into a worker.toml the worker accepts; it names the field.
-func planChildren(pool *workersv1alpha1.WorkerPool) (childPlan, error) {
+// planChildren renders the pool's children, its Deployment at the given
+// replica count. An error means the spec cannot be rendered into a
+// worker.toml the worker accepts; it names the field.
+func planChildren(pool *workersv1alpha1.WorkerPool, replicas int32) (childPlan, error) {
 	toml, hash, err := renderWorkerConfig(pool)
 	if err != nil {
 		return childPlan{}, err
 	}
 	p := childPlan{
 		ConfigMap:  desiredConfigMap(pool, toml, hash),
-		Deployment: desiredDeployment(pool, hash),
+		Deployment: desiredDeployment(pool, hash, replicas),
 		Service:    desiredService(pool),
 	}
-	p.PDB = desiredPDB(pool)
+	p.PDB = desiredPDB(pool, replicas)
 	owner := *metav1.NewControllerRef(pool, workersv1alpha1.GroupVersion.WithKind("WorkerPool"))
 	for _, o := range p.objects() {
 		o.SetOwnerReferences([]metav1.OwnerReference{owner})
@@ -142,8 +143,8 @@ func desiredService(pool *workersv1alpha1.WorkerPool) *corev1.Service {
 // drain); spec.disruption sets the budget or turns it off. Pods that are not
 // ready may always be evicted unless spec.disruption says otherwise: a
 // crash-looping pool must not block a node drain.
-func desiredPDB(pool *workersv1alpha1.WorkerPool) *policyv1.PodDisruptionBudget {
-	budget := disruptionBudget(pool)
+func desiredPDB(pool *workersv1alpha1.WorkerPool, replicas int32) *policyv1.PodDisruptionBudget {
+	budget := disruptionBudget(pool, replicas)
 	if budget == nil {
 		return nil
 	}
@@ -155,7 +156,7 @@ func desiredPDB(pool *workersv1alpha1.WorkerPool) *policyv1.PodDisruptionBudget 
 }
 
 // disruptionBudget is the spec of the pool's PodDisruptionBudget, nil for none.
-func disruptionBudget(pool *workersv1alpha1.WorkerPool) *policyv1.PodDisruptionBudgetSpec {
+func disruptionBudget(pool *workersv1alpha1.WorkerPool, replicas int32) *policyv1.PodDisruptionBudgetSpec {
 	d := pool.Spec.Disruption
 	spec := &policyv1.PodDisruptionBudgetSpec{
 		Selector:                   &metav1.LabelSelector{MatchLabels: selectorLabels(pool)},
@@ -171,7 +172,7 @@ func disruptionBudget(pool *workersv1alpha1.WorkerPool) *policyv1.PodDisruptionB
 		spec.MinAvailable = d.MinAvailable
 	case d != nil && d.MaxUnavailable != nil:
 		spec.MaxUnavailable = d.MaxUnavailable
-	case replicas(pool) > 1:
+	case replicas > 1:
 		spec.MaxUnavailable = ptr.To(intstr.FromInt32(1))
 	default:
 		return nil
@@ -182,9 +183,9 @@ func disruptionBudget(pool *workersv1alpha1.WorkerPool) *policyv1.PodDisruptionB
 // neededAvailable is how many of the pool's pods must be available for it
 // to be Available (and Ready): what its disruption budget keeps up, or all
 // but one of two or more pods when it has none.
-func neededAvailable(pool *workersv1alpha1.WorkerPool) int32 {
-	want := replicas(pool)
-	budget := disruptionBudget(pool)
+func neededAvailable(pool *workersv1alpha1.WorkerPool, replicas int32) int32 {
+	want := replicas
+	budget := disruptionBudget(pool, replicas)
 	switch {
 	case budget != nil && budget.MinAvailable != nil:
 		n, _ := intstr.GetScaledValueFromIntOrPercent(budget.MinAvailable, int(want), true)
@@ -198,8 +199,9 @@ func neededAvailable(pool *workersv1alpha1.WorkerPool) int32 {
 	return want
 }
 
-// replicas is the pool's pod count: spec.replicas, or none while suspended.
-func replicas(pool *workersv1alpha1.WorkerPool) int32 {
+// specReplicas is the pod count the spec asks for without an autoscaler:
+// spec.replicas, or none while suspended.
+func specReplicas(pool *workersv1alpha1.WorkerPool) int32 {
 	switch {
 	case pool.Spec.Suspend:
 		return 0
@@ -224,14 +226,14 @@ const (
 	tmpVolume    = "tasker-tmp"
 )
 
-func desiredDeployment(pool *workersv1alpha1.WorkerPool, configHash string) *appsv1.Deployment {
+func desiredDeployment(pool *workersv1alpha1.WorkerPool, configHash string, replicas int32) *appsv1.Deployment {
 	template := podTemplate(pool, configHash)
 	template.Annotations[workersv1alpha1.TemplateHashAnnotation] = hashOf(template)
 	dep := &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
 		ObjectMeta: childMeta(pool, pool.Name),
 		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(replicas(pool)),
+			Replicas: ptr.To(replicas),
 			Selector: &metav1.LabelSelector{MatchLabels: selectorLabels(pool)},
 			Template: template,
 		},

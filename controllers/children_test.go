@@ -66,7 +66,7 @@ func TestTemplateMerge(t *testing.T) {
 			TerminationGracePeriodSeconds: ptr.To(int64(600)),
 		},
 	}
-	d := desiredDeployment(p, "abc")
+	d := desiredDeployment(p, "abc", specReplicas(p))
 	tpl := d.Spec.Template
 	ps := tpl.Spec
 	if tpl.Labels["app"] != "scoring" || tpl.Labels["team"] != "ml" || tpl.Labels[v1.PoolLabel] != "payments" || tpl.Annotations["example.com/a"] != "1" ||
@@ -105,14 +105,14 @@ func TestTemplateMerge(t *testing.T) {
 
 	// Without a template, the worker is the only container and the
 	// restricted defaults apply.
-	plain := desiredDeployment(fullPool(), "abc").Spec.Template.Spec
+	plain := desiredDeployment(fullPool(), "abc", 3).Spec.Template.Spec
 	if len(plain.Containers) != 1 || *plain.SecurityContext.RunAsUser != 65532 || *plain.Containers[0].SecurityContext.ReadOnlyRootFilesystem != true ||
 		len(plain.Volumes) != 2 || *plain.TerminationGracePeriodSeconds != 135 {
 		t.Errorf("defaults without a template: %+v", plain)
 	}
 	// The convenience fields fill in the worker the template names.
 	p.Spec.Image, p.Spec.Resources = "tasker-worker:v9", corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}
-	w = container(desiredDeployment(p, "abc").Spec.Template.Spec, "worker")
+	w = container(desiredDeployment(p, "abc", specReplicas(p)).Spec.Template.Spec, "worker")
 	if w.Image != "tasker-worker:v9" || w.Resources.Limits.Memory().String() != "1Gi" {
 		t.Errorf("convenience fields on the template's worker: %+v", w)
 	}
@@ -133,7 +133,7 @@ func TestTemplateCannotBreakTheWorker(t *testing.T) {
 		Volumes: []corev1.Volume{{Name: "mine", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 			{Name: "tasker-config", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
 	}}
-	ps := desiredDeployment(p, "abc").Spec.Template.Spec
+	ps := desiredDeployment(p, "abc", specReplicas(p)).Spec.Template.Spec
 	w := container(ps, "worker")
 	if envNamed(w, "TASKER_CONFIG_PATH").Value != "/etc/tasker/worker.toml" || envNamed(w, "POD_NAME").ValueFrom == nil {
 		t.Errorf("env %+v", w.Env)
@@ -158,16 +158,16 @@ func TestRolloutAndSuspend(t *testing.T) {
 	p := fullPool()
 	p.Spec.Rollout = &v1.RolloutSpec{MaxSurge: ptr.To(intstr.FromString("50%")), MaxUnavailable: ptr.To(intstr.FromInt32(0)),
 		MinReadySeconds: 10, ProgressDeadlineSeconds: ptr.To(int32(120))}
-	d := desiredDeployment(p, "abc")
+	d := desiredDeployment(p, "abc", specReplicas(p))
 	if s := d.Spec.Strategy; s.Type != appsv1.RollingUpdateDeploymentStrategyType || s.RollingUpdate.MaxSurge.StrVal != "50%" ||
 		s.RollingUpdate.MaxUnavailable.IntVal != 0 || d.Spec.MinReadySeconds != 10 || *d.Spec.ProgressDeadlineSeconds != 120 {
 		t.Errorf("Deployment spec %+v", d.Spec)
 	}
 	p.Spec.Suspend = true
-	if d := desiredDeployment(p, "abc"); *d.Spec.Replicas != 0 {
+	if d := desiredDeployment(p, "abc", specReplicas(p)); *d.Spec.Replicas != 0 {
 		t.Errorf("a suspended pool's Deployment has %d replicas", *d.Spec.Replicas)
 	}
-	if desiredPDB(p) != nil {
+	if desiredPDB(p, specReplicas(p)) != nil {
 		t.Error("a suspended pool keeps a default PodDisruptionBudget")
 	}
 }
@@ -194,7 +194,7 @@ func TestDisruptionBudget(t *testing.T) {
 			p := fullPool()
 			p.Spec.Replicas, p.Spec.Disruption = ptr.To(tc.replicas), tc.spec
 			got := ""
-			pdb := desiredPDB(p)
+			pdb := desiredPDB(p, specReplicas(p))
 			if pdb != nil {
 				if pdb.Spec.MaxUnavailable != nil {
 					got = "maxUnavailable=" + pdb.Spec.MaxUnavailable.String()
@@ -208,7 +208,7 @@ func TestDisruptionBudget(t *testing.T) {
 			if got != tc.pdb {
 				t.Errorf("PodDisruptionBudget %q, want %q", got, tc.pdb)
 			}
-			if n := neededAvailable(p); n != tc.available {
+			if n := neededAvailable(p, specReplicas(p)); n != tc.available {
 				t.Errorf("needed available %d, want %d", n, tc.available)
 			}
 		})
@@ -221,7 +221,7 @@ func TestUnchangedIgnoresDefaultsAndOthers(t *testing.T) {
 	p := fullPool()
 	p.Spec.Template = &corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "worker",
 		StartupProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}}}}}
-	desired := desiredDeployment(p, "abc")
+	desired := desiredDeployment(p, "abc", specReplicas(p))
 	request, err := applyConfiguration(desired)
 	if err != nil {
 		t.Fatal(err)
@@ -244,7 +244,7 @@ func TestUnchangedIgnoresDefaultsAndOthers(t *testing.T) {
 		t.Error("a changed image goes unnoticed")
 	}
 	p.Spec.Args = []string{"run"}
-	desired = desiredDeployment(p, "abc")
+	desired = desiredDeployment(p, "abc", specReplicas(p))
 	if request, err = applyConfiguration(desired); err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,10 @@ type PoolMetrics struct {
 	scrapePass  prometheus.Histogram
 	childWrites *prometheus.CounterVec
 	reconciles  *prometheus.CounterVec
+	backlog     *prometheus.GaugeVec
+	oldestReady *prometheus.GaugeVec
+	desired     *prometheus.GaugeVec
+	scaled      *prometheus.CounterVec
 }
 
 var poolLabels = []string{"namespace", "workerpool"}
@@ -51,8 +55,17 @@ func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 			append(poolLabels[:2:2], "kind", "operation")),
 		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_reconciles_total",
 			Help: "Reconcile passes that computed the pool's status."}, poolLabels),
+		backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_queue_backlog",
+			Help: "Steps ready to be claimed now over the pool's queues, read once per queue by the operator (a floor when a queue holds more than 100000)."}, poolLabels),
+		oldestReady: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_queue_oldest_ready_age_seconds",
+			Help: "How long the oldest ready step of the pool's queues has waited."}, poolLabels),
+		desired: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_autoscaler_desired_replicas",
+			Help: "The replica count the built-in autoscaler set (pools with spec.autoscaling)."}, poolLabels),
+		scaled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_autoscaler_scale_decisions_total",
+			Help: "Replica count changes the built-in autoscaler decided, by direction (up, down)."}, append(poolLabels[:2:2], "direction")),
 	}
-	for _, c := range []prometheus.Collector{m.pending, m.oldestAge, m.saturation, m.ready, m.scrapeErrs, m.condition, m.scrapePass, m.childWrites, m.reconciles} {
+	for _, c := range []prometheus.Collector{m.pending, m.oldestAge, m.saturation, m.ready, m.scrapeErrs, m.condition, m.scrapePass, m.childWrites, m.reconciles,
+		m.backlog, m.oldestReady, m.desired, m.scaled} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -90,6 +103,30 @@ func (m *PoolMetrics) scrapeErrors(pool *v1.WorkerPool, n int) {
 	m.scrapeErrs.WithLabelValues(pool.Namespace, pool.Name).Add(float64(n))
 }
 
+// observeQueue records a reading of the pool's queues.
+func (m *PoolMetrics) observeQueue(pool *v1.WorkerPool, q queueObservation) {
+	if m == nil || q.Err != nil {
+		return
+	}
+	l := prometheus.Labels{"namespace": pool.Namespace, "workerpool": pool.Name}
+	m.backlog.With(l).Set(float64(q.Backlog))
+	m.oldestReady.With(l).Set(q.OldestReady.Seconds())
+}
+
+// observeScale records an autoscaler decision.
+func (m *PoolMetrics) observeScale(pool *v1.WorkerPool, d scaleDecision) {
+	if m == nil {
+		return
+	}
+	m.desired.WithLabelValues(pool.Namespace, pool.Name).Set(float64(d.Desired))
+	switch {
+	case d.Desired > d.From:
+		m.scaled.WithLabelValues(pool.Namespace, pool.Name, "up").Inc()
+	case d.Desired < d.From:
+		m.scaled.WithLabelValues(pool.Namespace, pool.Name, "down").Inc()
+	}
+}
+
 // childWrite counts one create, update or delete of a pool's child.
 func (m *PoolMetrics) childWrite(pool *v1.WorkerPool, kind, operation string) {
 	if m == nil {
@@ -113,6 +150,10 @@ func (m *PoolMetrics) forget(namespace, name string) {
 	m.condition.DeletePartialMatch(l)
 	m.childWrites.DeletePartialMatch(l)
 	m.reconciles.Delete(l)
+	m.backlog.Delete(l)
+	m.oldestReady.Delete(l)
+	m.desired.Delete(l)
+	m.scaled.DeletePartialMatch(l)
 }
 
 func parseAgeSeconds(s string) float64 {

@@ -282,6 +282,7 @@ func TestScrapeProtobufAndTextGiveTheSameSample(t *testing.T) {
 		InFlight: 3, Capacity: 8, CompletionSaturation: 0.4,
 		PendingEvents: 2, StarvingEvents: 2,
 		OldestPendingAgeMs: scrFamilyValue(t, snap, metricOldestAge),
+		LastPollAgeMs:      scrFamilyValue(t, snap, metricLastPoll),
 		CallbackTimeouts:   5, SemaphoreFailures: 6,
 	}
 

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/utils/ptr"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 )
@@ -82,6 +83,9 @@ type podObservation struct {
 	SampleAge time.Duration
 	// Err is why the last scrape of the pod failed, if it did.
 	Err error
+
+	template     string // the pod's template hash (Current compares it)
+	deletionCost string // its pod-deletion-cost annotation, "" when unset
 }
 
 // observation is everything a status pass looked at.
@@ -103,6 +107,28 @@ type observation struct {
 	Pods []podObservation
 	// ScrapedAt is when the pods' metrics were last read (zero: never).
 	ScrapedAt metav1.Time
+	// Now is when the pass began.
+	Now metav1.Time
+	// Replicas is the pod count the pass asks for: spec.replicas, the
+	// autoscaler's, or none while suspended.
+	Replicas int32
+	// Queue is the pool's queues as measured; nil when the operator does
+	// not read queues.
+	Queue *queueObservation
+	// Scale is the autoscaler's decision; nil without spec.autoscaling or
+	// while suspended.
+	Scale *scaleDecision
+}
+
+// markCurrentPods marks the pods that run the Deployment's current template.
+func (o *observation) markCurrentPods() {
+	template := ""
+	if o.Deployment != nil {
+		template = o.Deployment.Spec.Template.Annotations[v1.TemplateHashAnnotation]
+	}
+	for i := range o.Pods {
+		o.Pods[i].Current = template != "" && o.Pods[i].template == template
+	}
 }
 
 // computeStatus returns the status the pool should have. It starts from the
@@ -138,9 +164,12 @@ func computeStatus(pool *v1.WorkerPool, obs observation) v1.WorkerPoolStatus {
 		c.ObservedGeneration = gen
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
+	st.Queue = queueStatus(pool.Status.Queue, obs.Queue)
+	st.Autoscaling = autoscalingStatus(pool, obs)
+
 	rollout := rolloutOf(obs)
 	stalled := stalledCondition(obs, rollout)
-	available := availableCondition(pool, obs.Deployment)
+	available := availableCondition(pool, obs.Replicas, obs.Deployment)
 	metrics := metricsCondition(agg)
 	set(readyCondition(pool, obs, stalled, rollout, available, metrics))
 	set(reconcilingCondition(pool, obs, stalled, rollout))
@@ -150,7 +179,80 @@ func computeStatus(pool *v1.WorkerPool, obs observation) v1.WorkerPoolStatus {
 	set(metrics)
 	set(starvingCondition(pool, agg, meta.FindStatusCondition(prev, v1.ConditionStarving)))
 	set(backpressureCondition(pool, agg, meta.FindStatusCondition(prev, v1.ConditionBackpressure)))
+	if pool.Spec.Autoscaling != nil {
+		set(scalingActiveCondition(pool, obs))
+		set(scalingLimitedCondition(pool, obs))
+	} else {
+		meta.RemoveStatusCondition(&st.Conditions, v1.ConditionScalingActive)
+		meta.RemoveStatusCondition(&st.Conditions, v1.ConditionScalingLimited)
+	}
 	return st
+}
+
+// queueStatus is the pool's queues as last measured: a failed read keeps the
+// last good figures (their measuredAt says how old they are).
+func queueStatus(prev *v1.QueueStatus, q *queueObservation) *v1.QueueStatus {
+	switch {
+	case q == nil:
+		return nil
+	case q.Err != nil:
+		return prev
+	}
+	return &v1.QueueStatus{Backlog: q.Backlog, BacklogCapped: q.Capped,
+		OldestReadyAge: formatAge(float64(q.OldestReady.Milliseconds())), MeasuredAt: ptr.To(metav1.NewTime(q.At))}
+}
+
+// autoscalingStatus is the autoscaler's state after this pass.
+func autoscalingStatus(pool *v1.WorkerPool, obs observation) *v1.AutoscalingStatus {
+	if pool.Spec.Autoscaling == nil {
+		return nil
+	}
+	st := &v1.AutoscalingStatus{}
+	if pool.Status.Autoscaling != nil {
+		st = pool.Status.Autoscaling.DeepCopy()
+	}
+	st.DesiredReplicas = obs.Replicas
+	if obs.Scale != nil && obs.Scale.Reason != "" {
+		st.LastDecision, st.LastScaleTime = obs.Scale.Reason, obs.Now.DeepCopy()
+	}
+	return st
+}
+
+// scalingActiveCondition: True while the autoscaler can read what it scales
+// on; False keeps the count as it is, saying why.
+func scalingActiveCondition(pool *v1.WorkerPool, obs observation) metav1.Condition {
+	c := metav1.Condition{Type: v1.ConditionScalingActive, Status: metav1.ConditionFalse, Reason: v1.ReasonBacklogUnavailable}
+	switch q := obs.Queue; {
+	case pool.Spec.Suspend:
+		c.Reason, c.Message = v1.ReasonSuspended, "suspended (spec.suspend): the autoscaler takes over again when the pool resumes"
+	case q == nil:
+		c.Message = fmt.Sprintf("the operator does not read queues (--read-queues=false): keeping %d replicas", obs.Replicas)
+	case q.Err != nil:
+		c.Message = truncate(fmt.Sprintf("%v: keeping %d replicas", q.Err, obs.Replicas), 1000)
+	default:
+		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonScalingActive
+		c.Message = fmt.Sprintf("backlog %d, oldest ready step waited %s", q.Backlog, q.OldestReady.Round(100*time.Millisecond))
+		if q.Capped {
+			c.Message = fmt.Sprintf("backlog at least %d, oldest ready step waited %s", q.Backlog, q.OldestReady.Round(100*time.Millisecond))
+		}
+	}
+	return c
+}
+
+// scalingLimitedCondition: True when the count the targets ask for is held
+// back, by what.
+func scalingLimitedCondition(pool *v1.WorkerPool, obs observation) metav1.Condition {
+	c := metav1.Condition{Type: v1.ConditionScalingLimited, Status: metav1.ConditionFalse, Reason: v1.ReasonDesiredWithinRange}
+	a := pool.Spec.Autoscaling
+	minR := int32(1)
+	if a.MinReplicas != nil {
+		minR = *a.MinReplicas
+	}
+	c.Message = fmt.Sprintf("%d replicas, within [%d, %d]", obs.Replicas, minR, a.MaxReplicas)
+	if d := obs.Scale; d != nil && d.Limit != "" {
+		c.Status, c.Reason, c.Message = metav1.ConditionTrue, d.Limit, truncate(d.LimitMessage, 1000)
+	}
+	return c
 }
 
 // aggregation sums or takes the worst of the pods' samples: every ready
@@ -486,14 +588,13 @@ func plural(n int, one, many string) string {
 
 // availableCondition: enough replicas are available for the pool's
 // disruption budget (all but one of two or more; the one of a single).
-func availableCondition(pool *v1.WorkerPool, d *appsv1.Deployment) metav1.Condition {
+func availableCondition(pool *v1.WorkerPool, want int32, d *appsv1.Deployment) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionAvailable, Status: metav1.ConditionFalse, Reason: v1.ReasonMinimumReplicasUnavailable}
 	if d == nil {
 		c.Message = "the pool's Deployment does not exist yet"
 		return c
 	}
-	want := replicas(pool)
-	need := neededAvailable(pool)
+	need := neededAvailable(pool, want)
 	if d.Status.AvailableReplicas >= need {
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonMinimumReplicasAvailable
 	}
@@ -529,7 +630,7 @@ func progressingCondition(d *appsv1.Deployment, r rollout) metav1.Condition {
 func reconcilingCondition(pool *v1.WorkerPool, obs observation, stalled metav1.Condition, r rollout) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionReconciling, Status: metav1.ConditionTrue}
 	d := obs.Deployment
-	want := replicas(pool)
+	want := obs.Replicas
 	switch {
 	case stalled.Status == metav1.ConditionTrue:
 		c.Status, c.Reason, c.Message = metav1.ConditionFalse, v1.ReasonStalled, "progress is blocked: see the Stalled condition"
@@ -641,12 +742,9 @@ func starvingCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Conditio
 // backpressureMargin points, and never on missing data.
 func backpressureCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Condition) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionBackpressure}
-	warn, crit := pool.Spec.Dispatch.SaturationWarningPercent, pool.Spec.Dispatch.SaturationCriticalPercent
+	warn, crit := pool.Spec.Dispatch.SaturationWarningPercent, saturationCritical(pool)
 	if warn <= 0 {
 		warn = 80
-	}
-	if crit <= 0 {
-		crit = 95
 	}
 	if !a.measured() {
 		return unmeasured(c, a, prev)
@@ -671,6 +769,14 @@ func backpressureCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Cond
 		c.Message += fmt.Sprintf("; clears below %d%%", max(0, warn-backpressureMargin))
 	}
 	return keepUnlessCovered(c, a, prev)
+}
+
+// saturationCritical is the pool's critical completion saturation, in percent.
+func saturationCritical(pool *v1.WorkerPool) int32 {
+	if c := pool.Spec.Dispatch.SaturationCriticalPercent; c > 0 {
+		return c
+	}
+	return 95
 }
 
 // unmeasured is a metric condition when no pod's figures are usable: the
@@ -760,6 +866,20 @@ func statusNeedsWrite(old, next v1.WorkerPoolStatus) bool {
 // conditionEvent is a Kubernetes event to emit for a condition transition.
 type conditionEvent struct {
 	Type, Reason, Message string
+}
+
+// statusEvents are the events a status change is worth: one per condition
+// transition and one per change of the autoscaler's count.
+func statusEvents(old, next v1.WorkerPoolStatus) []conditionEvent {
+	out := transitionEvents(old.Conditions, next.Conditions)
+	if a := next.Autoscaling; a != nil && old.Autoscaling != nil && a.DesiredReplicas != old.Autoscaling.DesiredReplicas {
+		ev := conditionEvent{Type: corev1.EventTypeNormal, Reason: "ScaledUp", Message: a.LastDecision}
+		if a.DesiredReplicas < old.Autoscaling.DesiredReplicas {
+			ev.Reason = "ScaledDown"
+		}
+		out = append(out, ev)
+	}
+	return out
 }
 
 // transitionEvents returns one event per change of Stalled, Starving or

@@ -9,7 +9,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -118,13 +117,11 @@ const DefaultFinalAttemptGrace = 30 * time.Second
 // use; all state lives in the database, so any number of workers can share
 // the same tables.
 type Queue struct {
-	pool        *pgxpool.Pool
-	opts        Options
-	backoffUS   []int64
-	log         logr.Logger
-	m           *metrics
-	statsMu     sync.Mutex
-	statsQueues map[string]bool // queues whose gauges RefreshStats has set
+	pool      *pgxpool.Pool
+	opts      Options
+	backoffUS []int64
+	log       logr.Logger
+	m         *metrics
 	// deadLog rate-limits the log lines of steps Claim dead-letters.
 	deadLog *lograte.Limiter
 }
@@ -165,16 +162,12 @@ func New(pool *pgxpool.Pool, opts Options, reg prometheus.Registerer) (*Queue, e
 		opts.Logger = logr.Discard()
 	}
 	q := &Queue{
-		pool:        pool,
-		opts:        opts,
-		backoffUS:   backoffUS,
-		log:         opts.Logger,
-		m:           newMetrics(),
-		statsQueues: map[string]bool{},
-		deadLog:     lograte.New(20, 10*time.Second),
-	}
-	for _, name := range opts.Queues {
-		q.statsQueues[name] = true
+		pool:      pool,
+		opts:      opts,
+		backoffUS: backoffUS,
+		log:       opts.Logger,
+		m:         newMetrics(),
+		deadLog:   lograte.New(20, 10*time.Second),
 	}
 	if err := q.m.register(reg); err != nil {
 		return nil, err

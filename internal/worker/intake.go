@@ -191,22 +191,6 @@ func heartbeatMinAge(interval, visibility time.Duration) time.Duration {
 	return max(0, min(interval/4, time.Second, (visibility-interval)/2))
 }
 
-// refreshStats keeps the queue depth and oldest-age gauges current.
-func (w *Worker) refreshStats(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		if err := w.queue.RefreshStats(ctx); err != nil && ctx.Err() == nil {
-			w.log.V(1).Info("refreshing queue stats failed", "error", err.Error())
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
 // sleepCtx waits d or until ctx ends, reporting whether d passed.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

@@ -301,7 +301,6 @@ func (w *Worker) Run(ctx context.Context) error {
 		go mon.Watch(bg, 0)
 	}
 	go w.heartbeat(bg)
-	go w.refreshStats(bg)
 	go w.giveBackLoop(bg)
 	go w.retention(bg)
 	srv := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 5 * time.Second}

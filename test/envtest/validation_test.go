@@ -127,6 +127,32 @@ func TestValidationRulesNameTheField(t *testing.T) {
 		{"disruption budget switched off with a value", func(w *v1.WorkerPool) {
 			w.Spec.Disruption = &v1.DisruptionSpec{Enabled: false, MinAvailable: ptr(intstr.FromString("50%"))}
 		}, []string{"spec.disruption: maxUnavailable and minAvailable need enabled: true"}},
+		{"autoscaling min over max", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MinReplicas: ptr(int32(5)), MaxReplicas: 2, TargetOldestReadyAge: "5s"}
+		}, []string{"spec.autoscaling.minReplicas must be at most spec.autoscaling.maxReplicas"}},
+		{"autoscaling without a target", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 2}
+		}, []string{"spec.autoscaling needs at least one target"}},
+		{"replicas and autoscaling", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = ptr(int32(3)), &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "5s"}
+		}, []string{"spec.replicas and spec.autoscaling are both set"}},
+		{"autoscaling target age not a duration", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "5 seconds"}
+		}, []string{"spec.autoscaling.targetOldestReadyAge"}},
+		{"autoscaling zero target age", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "0s"}
+		}, []string{"spec.autoscaling.targetOldestReadyAge must be a positive duration"}},
+		{"autoscaling utilisation over 100", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 4, TargetUtilizationPercent: ptr(int32(150))}
+		}, []string{"spec.autoscaling.targetUtilizationPercent"}},
+		{"autoscaling policy of an unknown type", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "5s",
+				Behavior: &v1.AutoscalingBehavior{ScaleUp: &v1.ScalingRules{Policies: []v1.ScalingPolicy{{Type: "Nodes", Value: 1, Period: "15s"}}}}}
+		}, []string{"spec.autoscaling.behavior.scaleUp.policies[0].type", "Pods", "Percent"}},
+		{"autoscaling window too long", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "5s",
+				Behavior: &v1.AutoscalingBehavior{ScaleDown: &v1.ScalingRules{StabilizationWindow: "2h"}}}
+		}, []string{"spec.autoscaling.behavior.scaleDown.stabilizationWindow", "between 0s and 1h"}},
 		{"unknown eviction policy", func(w *v1.WorkerPool) {
 			w.Spec.Disruption = &v1.DisruptionSpec{Enabled: true, UnhealthyPodEvictionPolicy: "Never"}
 		}, []string{"spec.disruption.unhealthyPodEvictionPolicy", "AlwaysAllow", "IfHealthyBudget"}},
@@ -148,6 +174,12 @@ func TestValidationRulesNameTheField(t *testing.T) {
 				}
 			}
 		})
+	}
+	// With autoscaling, spec.replicas may be left out, or left at its default.
+	auto := minimal("autoscaled-at-default")
+	auto.Spec.Autoscaling = &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "5s"}
+	if err := k8s.Create(ctx(t), auto); err != nil {
+		t.Errorf("autoscaling with the default replicas refused: %v", err)
 	}
 	// The image may come from the template alone, and the same value may be
 	// given in both places.
