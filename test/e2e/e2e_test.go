@@ -82,6 +82,9 @@ func TestOperator(t *testing.T) {
 		{"kubectl scale keeps Ready", scale},
 		{"deleting a pod mid-run loses no step", podDeletion},
 		{"throughput: 3 replicas against 1", throughput},
+		{"autoscaling: a burst scales out and back in", autoscaledBurst},
+		{"autoscaling: steady load does not flap", autoscaledSteadyLoad},
+		{"autoscaling: an idle pool goes to zero and wakes", autoscaledToZero},
 		{"helm upgrade then uninstall leaves no operator objects", upgradeAndUninstall},
 	}
 	for _, s := range steps {
