@@ -156,7 +156,8 @@ func TestScaleInMarksIdlePodsFirst(t *testing.T) {
 	wp := operatedPool("shrinking")
 	wp.Spec.Replicas = nil
 	wp.Spec.Queue.DatabaseSecretRef.Name = db.secret
-	wp.Spec.Autoscaling = &v1.AutoscalingSpec{MinReplicas: ptr(int32(1)), MaxReplicas: 3, TargetUtilizationPercent: ptr(int32(60)),
+	// minReplicas 3 at first, so nothing scales in before every pod is read.
+	wp.Spec.Autoscaling = &v1.AutoscalingSpec{MinReplicas: ptr(int32(3)), MaxReplicas: 3, TargetUtilizationPercent: ptr(int32(60)),
 		Behavior: &v1.AutoscalingBehavior{ScaleDown: &v1.ScalingRules{StabilizationWindow: "0s",
 			Policies: []v1.ScalingPolicy{{Type: "Pods", Value: 1, Period: "1s"}}}}}
 	// Three pods, 30 handlers, 7 busy: about 23 %, well under 60 %.
@@ -166,11 +167,6 @@ func TestScaleInMarksIdlePodsFirst(t *testing.T) {
 	}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "shrinking", Namespace: operatedNS}}
 	waitForChild(t, dep)
-	// Start the pool at 3: the Deployment as if the autoscaler had scaled up.
-	dep.Spec.Replicas = ptr(int32(3))
-	if err := k8s.Update(ctx(t), dep); err != nil {
-		t.Fatal(err)
-	}
 	rollOut(t, wp, 3)
 	ip := 91
 	for name, n := range inFlight {
@@ -179,6 +175,8 @@ func TestScaleInMarksIdlePodsFirst(t *testing.T) {
 		addPod(t, wp, name, e.Addr)
 		ip++
 	}
+	waitForStatus(t, wp, "every pod read", func(w *v1.WorkerPool) bool { return w.Status.Dispatch.Capacity == 30 })
+	update(t, wp, func(w *v1.WorkerPool) { w.Spec.Autoscaling.MinReplicas = ptr(int32(1)) })
 	eventually(t, "scaled in", 20*time.Second, func() (bool, string) {
 		_ = k8s.Get(ctx(t), keyOf(dep), dep)
 		return *dep.Spec.Replicas < 3, fmt.Sprint(*dep.Spec.Replicas)
