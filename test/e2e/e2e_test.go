@@ -169,13 +169,26 @@ func samples(t *testing.T, ns string) {
 			t.Fatalf("%s: image %s with ffi.enabled %v: an FFI sample runs a foreign-handler image, a native one the stock worker",
 				f, wp.Spec.Image, wp.Spec.FFI.Enabled)
 		}
-		if !isForeign {
-			wp.Spec.Image = repo + ":" + tag
+		// The sample as written, with this run's image and Secret: a typed
+		// round trip would write out fields the sample leaves to the API
+		// server's defaults (disruption.enabled: false).
+		var manifest map[string]any
+		if err := yaml.Unmarshal(data, &manifest); err != nil {
+			t.Fatal(err)
 		}
-		wp.Spec.ImagePullPolicy = corev1.PullNever
-		wp.Spec.Queue.DatabaseSecretRef.Name, wp.Spec.Queue.DatabaseSecretRef.Key = "tasker-db", "url"
+		spec := manifest["spec"].(map[string]any)
+		if !isForeign {
+			spec["image"] = repo + ":" + tag
+		}
+		spec["imagePullPolicy"] = string(corev1.PullNever)
+		spec["queue"].(map[string]any)["databaseSecretRef"] = map[string]any{"name": "tasker-db", "key": "url"}
+		manifest["metadata"].(map[string]any)["namespace"] = ns
+		out, err := yaml.Marshal(manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
 		start := time.Now()
-		kubectlApply(t, e.poolManifest(t, wp))
+		kubectlApply(t, out)
 		got := e.waitPool(t, ns, wp.Name, "Ready", 3*time.Minute, ready)
 		t.Logf("%s (%s, %s) Ready in %s", wp.Name, filepath.Base(f), wp.Spec.Image, time.Since(start).Round(100*time.Millisecond))
 		// Ready needs the replicas the disruption budget asks for; wait for

@@ -117,7 +117,7 @@ func foreignTimeouts(t *testing.T, ns string) {
 				}
 			}
 			out := kubectl(t, "get", "configmap", "-n", ns, "-l", v1.PoolLabel+"="+name, "-o", "jsonpath={.items[*].data}")
-			if !strings.Contains(out, `callback_strategy = \"`+s+`\"`) && !strings.Contains(out, `callback_strategy = "`+s+`"`) {
+			if !strings.Contains(out, "callback_strategy = '"+s+"'") {
 				t.Errorf("worker.toml of %s does not carry callback_strategy %s: %s", name, s, out)
 			}
 		})
