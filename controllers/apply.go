@@ -74,8 +74,7 @@ func (r *WorkerPoolReconciler) applyChildren(ctx context.Context, pool *v1.Worke
 // touch an object of that name that the pool does not control.
 func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPool, desired client.Object) (client.Object, error) {
 	kind := kindOf(desired)
-	hash := hashOf(desired)
-	desired.SetAnnotations(withAnnotation(desired.GetAnnotations(), v1.AppliedHashAnnotation, hash))
+	hash := stampAppliedHash(desired)
 
 	live := desired.DeepCopyObject().(client.Object)
 	switch err := r.Get(ctx, client.ObjectKeyFromObject(desired), live); {
@@ -186,6 +185,14 @@ func classifyWriteError(kind, name string, err error) error {
 		return &blockedError{Reason: v1.ReasonInvalidSpec, Message: fmt.Sprintf("the API server refused %s %s rendered from the spec: %v", kind, name, err)}
 	}
 	return fmt.Errorf("apply %s %s: %w", kind, name, err)
+}
+
+// stampAppliedHash records, in the child's applied-hash annotation, the
+// hash of the child as planned, and returns it.
+func stampAppliedHash(desired client.Object) string {
+	hash := hashOf(desired)
+	desired.SetAnnotations(withAnnotation(desired.GetAnnotations(), v1.AppliedHashAnnotation, hash))
+	return hash
 }
 
 func withAnnotation(in map[string]string, key, value string) map[string]string {
