@@ -276,7 +276,7 @@ func (r *WorkerPoolReconciler) deleteOwned(ctx context.Context, pool *v1.WorkerP
 // back to, or dropped from the Deployment's revision history).
 func (r *WorkerPoolReconciler) pruneConfigMaps(ctx context.Context, pool *v1.WorkerPool, current string, dep *appsv1.Deployment) error {
 	cms := &corev1.ConfigMapList{}
-	if err := r.List(ctx, cms, client.InNamespace(pool.Namespace), client.MatchingLabels(selectorLabels(pool))); err != nil {
+	if err := r.listOfPool(ctx, cms, pool); err != nil {
 		return fmt.Errorf("list ConfigMaps: %w", err)
 	}
 	if len(cms.Items) <= 1 {
@@ -286,7 +286,7 @@ func (r *WorkerPoolReconciler) pruneConfigMaps(ctx context.Context, pool *v1.Wor
 	if dep != nil {
 		mountedConfigMaps(dep.Spec.Template.Spec, inUse)
 		rss := &appsv1.ReplicaSetList{}
-		if err := r.List(ctx, rss, client.InNamespace(pool.Namespace), client.MatchingLabels(selectorLabels(pool))); err != nil {
+		if err := r.listOfPool(ctx, rss, pool); err != nil {
 			return fmt.Errorf("list ReplicaSets: %w", err)
 		}
 		for i := range rss.Items {

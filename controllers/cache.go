@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"context"
+	"fmt"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -44,6 +46,34 @@ func CacheOptions(namespaces []string) cache.Options {
 		}
 	}
 	return opts
+}
+
+// poolIndex is a cache index of pods, ConfigMaps and ReplicaSets by the pool
+// they belong to (the value of their pool label). A pass lists its pool's
+// objects through it: with a label selector alone the cache visits every
+// object of the namespace, so with thousands of pools in one namespace each
+// pass would cost time in proportion to the number of pools.
+const poolIndex = "workers.tasker.dev/pool"
+
+// indexByPool registers poolIndex with the manager's cache.
+func indexByPool(ctx context.Context, indexer client.FieldIndexer) error {
+	byPool := func(o client.Object) []string {
+		if name, ok := o.GetLabels()[v1.PoolLabel]; ok {
+			return []string{name}
+		}
+		return nil
+	}
+	for _, obj := range []client.Object{&corev1.Pod{}, &corev1.ConfigMap{}, &appsv1.ReplicaSet{}} {
+		if err := indexer.IndexField(ctx, obj, poolIndex, byPool); err != nil {
+			return fmt.Errorf("index %T by pool: %w", obj, err)
+		}
+	}
+	return nil
+}
+
+// listOfPool lists the pool's objects of list's type from the cache.
+func (r *WorkerPoolReconciler) listOfPool(ctx context.Context, list client.ObjectList, pool *v1.WorkerPool) error {
+	return r.List(ctx, list, client.InNamespace(pool.Namespace), client.MatchingFields{poolIndex: pool.Name})
 }
 
 // dropUnread removes from a cached object the two parts the operator never

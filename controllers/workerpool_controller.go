@@ -131,7 +131,7 @@ func (r *WorkerPoolReconciler) observe(ctx context.Context, pool *v1.WorkerPool,
 		template = obs.Deployment.Spec.Template.Annotations[v1.TemplateHashAnnotation]
 	}
 	pods := &corev1.PodList{}
-	if err := r.List(ctx, pods, client.InNamespace(pool.Namespace), client.MatchingLabels(selectorLabels(pool))); err != nil {
+	if err := r.listOfPool(ctx, pods, pool); err != nil {
 		return errors.Join(append(errs, fmt.Errorf("list pods: %w", err))...)
 	}
 	var targets []scrapeTarget
@@ -289,6 +289,9 @@ func (r *WorkerPoolReconciler) emitEvents(pool *v1.WorkerPool, evs []conditionEv
 // not owned by the pool (a ReplicaSet owns them), so they are mapped to
 // their pool through the pool label.
 func (r *WorkerPoolReconciler) SetupWithManager(mgr ctrl.Manager, concurrency int) error {
+	if err := indexByPool(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1.WorkerPool{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&corev1.ConfigMap{}).
