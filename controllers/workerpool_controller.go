@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -109,7 +110,15 @@ func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if obs.ApplyErr != nil {
 		return ctrl.Result{}, obs.ApplyErr // retried with backoff
 	}
-	return ctrl.Result{RequeueAfter: r.StatusInterval}, nil
+	return refreshLater(r.StatusInterval), nil
+}
+
+// refreshLater schedules the pool's periodic status refresh at low
+// priority: when many pools are due at once (thousands, after a restart or
+// while a flood of new pools is created), a new pool, a changed spec or a
+// pod that turned ready waits for none of them.
+func refreshLater(interval time.Duration) ctrl.Result {
+	return ctrl.Result{RequeueAfter: interval, Priority: ptr.To(handler.LowPriority)}
 }
 
 // observe reads what the status is computed from: the Deployment (if the
