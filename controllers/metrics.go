@@ -1,10 +1,12 @@
 package controllers
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 )
@@ -14,45 +16,77 @@ import (
 // Prometheus scrape of the operator alert on every pool, and the condition
 // gauge lets alert rules fire on Starving or Backpressure without a
 // kube-state-metrics custom-resource config.
+//
+// A pool's figures are kept as one small record and turned into series
+// only when the endpoint is scraped. A pool has about 35 series (24 of
+// them the condition gauge), and a labelled series held by the Prometheus
+// client costs about 600 bytes: kept as series, the metrics of 10 000
+// pools would be the largest thing in the operator's memory.
 type PoolMetrics struct {
-	pending     *prometheus.GaugeVec
-	oldestAge   *prometheus.GaugeVec
-	saturation  *prometheus.GaugeVec
-	ready       *prometheus.GaugeVec
-	scrapeErrs  *prometheus.CounterVec
-	condition   *prometheus.GaugeVec
-	scrapePass  prometheus.Histogram
-	childWrites *prometheus.CounterVec
-	reconciles  *prometheus.CounterVec
+	mu    sync.Mutex
+	pools map[types.NamespacedName]*poolRecord
+
+	pending, oldestAge, saturation, ready, scrapeErrs, condition, childWrites, reconciles *prometheus.Desc
+	scrapePass                                                                            prometheus.Histogram
 }
 
-var poolLabels = []string{"namespace", "workerpool"}
+// poolRecord is one pool's figures. The slices are replaced, never changed
+// in place, so that a copy taken under the lock can be read without it.
+type poolRecord struct {
+	pending, oldestAgeSeconds, saturation, ready float64
+	reconciles                                   float64
+	// scrapeErrors counts failed pod scrapes; scraped says the pool was
+	// scraped at least once (the counter's series exists from then on).
+	scrapeErrors float64
+	scraped      bool
+	conditions   []poolCondition
+	writes       []childWriteCount
+}
+
+type poolCondition struct {
+	Type   string
+	Status metav1.ConditionStatus
+}
+
+type childWriteCount struct {
+	kind, operation string
+	n               float64
+}
+
+var (
+	poolLabels       = []string{"namespace", "workerpool"}
+	conditionLabels  = []string{"namespace", "workerpool", "type", "status"}
+	childWriteLabels = []string{"namespace", "workerpool", "kind", "operation"}
+	// conditionStatuses are the values of the condition gauge's status
+	// label: each condition has a series for each, 1 for the current one.
+	conditionStatuses = []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown}
+)
 
 // NewPoolMetrics registers the per-pool series with reg.
 func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 	m := &PoolMetrics{
-		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_ffi_pending_events",
-			Help: "FFI events polled and not completed, summed over the pool's ready pods."}, poolLabels),
-		oldestAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_ffi_oldest_pending_age_seconds",
-			Help: "Age of the oldest pending FFI event among the pool's pods."}, poolLabels),
-		saturation: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_completion_saturation_ratio",
-			Help: "Highest completion-channel fill (0..1) among the pool's pods."}, poolLabels),
-		ready: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_ready_replicas",
-			Help: "Ready worker pods of the pool."}, poolLabels),
-		scrapeErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_scrape_errors_total",
-			Help: "Pod metrics scrapes that failed, per pool."}, poolLabels),
-		condition: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_status_condition",
-			Help: "1 for the pool condition's current status (True, False or Unknown), 0 for the others."},
-			append(poolLabels[:2:2], "type", "status")),
+		pools: map[types.NamespacedName]*poolRecord{},
+		pending: prometheus.NewDesc("workerpool_ffi_pending_events",
+			"FFI events polled and not completed, summed over the pool's ready pods.", poolLabels, nil),
+		oldestAge: prometheus.NewDesc("workerpool_ffi_oldest_pending_age_seconds",
+			"Age of the oldest pending FFI event among the pool's pods.", poolLabels, nil),
+		saturation: prometheus.NewDesc("workerpool_completion_saturation_ratio",
+			"Highest completion-channel fill (0..1) among the pool's pods.", poolLabels, nil),
+		ready: prometheus.NewDesc("workerpool_ready_replicas",
+			"Ready worker pods of the pool.", poolLabels, nil),
+		scrapeErrs: prometheus.NewDesc("workerpool_scrape_errors_total",
+			"Pod metrics scrapes that failed, per pool.", poolLabels, nil),
+		condition: prometheus.NewDesc("workerpool_status_condition",
+			"1 for the pool condition's current status (True, False or Unknown), 0 for the others.", conditionLabels, nil),
+		childWrites: prometheus.NewDesc("workerpool_child_writes_total",
+			"Server-side applies and deletes of a pool's children. It grows only when the pool or a child changed; growth on an unchanged pool is API load the operator should not cause.",
+			childWriteLabels, nil),
+		reconciles: prometheus.NewDesc("workerpool_reconciles_total",
+			"Reconcile passes that computed the pool's status.", poolLabels, nil),
 		scrapePass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "workerpool_scrape_pass_duration_seconds",
 			Help: "Time to scrape all ready pods of one pool.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
-		childWrites: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_child_writes_total",
-			Help: "Server-side applies and deletes of a pool's children. It grows only when the pool or a child changed; growth on an unchanged pool is API load the operator should not cause."},
-			append(poolLabels[:2:2], "kind", "operation")),
-		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_reconciles_total",
-			Help: "Reconcile passes that computed the pool's status."}, poolLabels),
 	}
-	for _, c := range []prometheus.Collector{m.pending, m.oldestAge, m.saturation, m.ready, m.scrapeErrs, m.condition, m.scrapePass, m.childWrites, m.reconciles} {
+	for _, c := range []prometheus.Collector{(*poolCollector)(m), m.scrapePass} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -60,26 +94,60 @@ func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 	return m, nil
 }
 
+// record returns the pool's record, made if it has none; the caller holds mu.
+func (m *PoolMetrics) record(namespace, name string) *poolRecord {
+	key := types.NamespacedName{Namespace: namespace, Name: name}
+	r := m.pools[key]
+	if r == nil {
+		r = &poolRecord{}
+		m.pools[key] = r
+	}
+	return r
+}
+
 // observe records a pool's new status.
 func (m *PoolMetrics) observe(pool *v1.WorkerPool, st *v1.WorkerPoolStatus) {
 	if m == nil {
 		return
 	}
-	l := prometheus.Labels{"namespace": pool.Namespace, "workerpool": pool.Name}
-	m.reconciles.With(l).Inc()
-	m.pending.With(l).Set(float64(st.FFI.PendingEvents))
-	m.oldestAge.With(l).Set(parseAgeSeconds(st.FFI.OldestPendingAge))
-	m.saturation.With(l).Set(float64(st.Dispatch.CompletionSaturationPercent) / 100)
-	m.ready.With(l).Set(float64(st.ReadyReplicas))
-	for _, c := range st.Conditions {
-		for _, s := range []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown} {
-			v := 0.0
-			if c.Status == s {
-				v = 1
-			}
-			m.condition.WithLabelValues(pool.Namespace, pool.Name, c.Type, string(s)).Set(v)
-		}
+	conditions := make([]poolCondition, len(st.Conditions))
+	for i, c := range st.Conditions {
+		conditions[i] = poolCondition{Type: c.Type, Status: c.Status}
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.record(pool.Namespace, pool.Name)
+	r.reconciles++
+	r.pending = float64(st.FFI.PendingEvents)
+	r.oldestAgeSeconds = parseAgeSeconds(st.FFI.OldestPendingAge)
+	r.saturation = float64(st.Dispatch.CompletionSaturationPercent) / 100
+	r.ready = float64(st.ReadyReplicas)
+	r.conditions = mergeConditions(r.conditions, conditions)
+}
+
+// mergeConditions returns the current conditions followed by those the
+// pool had and no longer has: as with a gauge vector, a condition's series
+// stay (at their last values) until the pool is forgotten.
+func mergeConditions(old, current []poolCondition) []poolCondition {
+	out := current
+outer:
+	for _, o := range old {
+		for _, c := range current {
+			if c.Type == o.Type {
+				continue outer
+			}
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// observeScrapePass records the duration of one scrape of a pool's pods.
+func (m *PoolMetrics) observeScrapePass(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.scrapePass.Observe(d.Seconds())
 }
 
 // scrapeErrors counts the failed pod scrapes of one pass over a pool.
@@ -87,7 +155,11 @@ func (m *PoolMetrics) scrapeErrors(pool *v1.WorkerPool, n int) {
 	if m == nil {
 		return
 	}
-	m.scrapeErrs.WithLabelValues(pool.Namespace, pool.Name).Add(float64(n))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.record(pool.Namespace, pool.Name)
+	r.scraped = true
+	r.scrapeErrors += float64(n)
 }
 
 // childWrite counts one create, update or delete of a pool's child.
@@ -95,7 +167,19 @@ func (m *PoolMetrics) childWrite(pool *v1.WorkerPool, kind, operation string) {
 	if m == nil {
 		return
 	}
-	m.childWrites.WithLabelValues(pool.Namespace, pool.Name, kind, operation).Inc()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.record(pool.Namespace, pool.Name)
+	writes := make([]childWriteCount, len(r.writes), len(r.writes)+1)
+	copy(writes, r.writes)
+	for i := range writes {
+		if writes[i].kind == kind && writes[i].operation == operation {
+			writes[i].n++
+			r.writes = writes
+			return
+		}
+	}
+	r.writes = append(writes, childWriteCount{kind: kind, operation: operation, n: 1})
 }
 
 // forget drops a deleted pool's series, so they do not linger as stale
@@ -104,15 +188,61 @@ func (m *PoolMetrics) forget(namespace, name string) {
 	if m == nil {
 		return
 	}
-	l := prometheus.Labels{"namespace": namespace, "workerpool": name}
-	m.pending.Delete(l)
-	m.oldestAge.Delete(l)
-	m.saturation.Delete(l)
-	m.ready.Delete(l)
-	m.scrapeErrs.Delete(l)
-	m.condition.DeletePartialMatch(l)
-	m.childWrites.DeletePartialMatch(l)
-	m.reconciles.Delete(l)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.pools, types.NamespacedName{Namespace: namespace, Name: name})
+}
+
+// poolCollector turns the records into series when the endpoint is scraped.
+type poolCollector PoolMetrics
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.pending, c.oldestAge, c.saturation, c.ready, c.scrapeErrs, c.condition, c.childWrites, c.reconciles} {
+		ch <- d
+	}
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	// Copy the records under the lock and emit without it: a scrape of
+	// thousands of pools must not hold up the reconcilers.
+	c.mu.Lock()
+	keys := make([]types.NamespacedName, 0, len(c.pools))
+	records := make([]poolRecord, 0, len(c.pools))
+	for k, r := range c.pools {
+		keys, records = append(keys, k), append(records, *r)
+	}
+	c.mu.Unlock()
+	for i, r := range records {
+		ns, name := keys[i].Namespace, keys[i].Name
+		gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append([]string{ns, name}, labels...)...)
+		}
+		counter := func(d *prometheus.Desc, v float64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, append([]string{ns, name}, labels...)...)
+		}
+		if r.reconciles > 0 {
+			gauge(c.pending, r.pending)
+			gauge(c.oldestAge, r.oldestAgeSeconds)
+			gauge(c.saturation, r.saturation)
+			gauge(c.ready, r.ready)
+			counter(c.reconciles, r.reconciles)
+		}
+		if r.scraped {
+			counter(c.scrapeErrs, r.scrapeErrors)
+		}
+		for _, cond := range r.conditions {
+			for _, s := range conditionStatuses {
+				v := 0.0
+				if cond.Status == s {
+					v = 1
+				}
+				gauge(c.condition, v, cond.Type, string(s))
+			}
+		}
+		for _, w := range r.writes {
+			counter(c.childWrites, w.n, w.kind, w.operation)
+		}
+	}
 }
 
 func parseAgeSeconds(s string) float64 {

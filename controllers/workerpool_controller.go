@@ -178,9 +178,7 @@ func (r *WorkerPoolReconciler) scrape(ctx context.Context, pool *v1.WorkerPool, 
 		if len(targets) > 0 {
 			start := time.Now()
 			samples, errs = r.Scraper.ScrapeAll(ctx, targets)
-			if r.Metrics != nil {
-				r.Metrics.scrapePass.Observe(time.Since(start).Seconds())
-			}
+			r.Metrics.observeScrapePass(time.Since(start))
 		}
 		r.samples.record(key, targets, samples, errs, now, present)
 		r.Metrics.scrapeErrors(pool, countErrors(errs))
