@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -21,7 +22,11 @@ import (
 // only when the endpoint is scraped. A pool has about 35 series (24 of
 // them the condition gauge), and a labelled series held by the Prometheus
 // client costs about 600 bytes: kept as series, the metrics of 10 000
-// pools would be the largest thing in the operator's memory.
+// pools would be the largest thing in the operator's memory. The series
+// made for a scrape share their label pairs (each pool's namespace and
+// name, and the few values of type, status, kind and operation), so a
+// scrape of thousands of pools allocates little beyond what the Prometheus
+// client itself needs per series.
 type PoolMetrics struct {
 	mu    sync.Mutex
 	pools map[types.NamespacedName]*poolRecord
@@ -33,6 +38,9 @@ type PoolMetrics struct {
 // poolRecord is one pool's figures. The slices are replaced, never changed
 // in place, so that a copy taken under the lock can be read without it.
 type poolRecord struct {
+	// labels are the pool's namespace and name label pairs, in label order.
+	labels []*dto.LabelPair
+
 	pending, oldestAgeSeconds, saturation, ready float64
 	reconciles                                   float64
 	// scrapeErrors counts failed pod scrapes; scraped says the pool was
@@ -99,7 +107,7 @@ func (m *PoolMetrics) record(namespace, name string) *poolRecord {
 	key := types.NamespacedName{Namespace: namespace, Name: name}
 	r := m.pools[key]
 	if r == nil {
-		r = &poolRecord{}
+		r = &poolRecord{labels: []*dto.LabelPair{labelPair("namespace", namespace), labelPair("workerpool", name)}}
 		m.pools[key] = r
 	}
 	return r
@@ -206,43 +214,91 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	// Copy the records under the lock and emit without it: a scrape of
 	// thousands of pools must not hold up the reconcilers.
 	c.mu.Lock()
-	keys := make([]types.NamespacedName, 0, len(c.pools))
 	records := make([]poolRecord, 0, len(c.pools))
-	for k, r := range c.pools {
-		keys, records = append(keys, k), append(records, *r)
+	for _, r := range c.pools {
+		records = append(records, *r)
 	}
 	c.mu.Unlock()
-	for i, r := range records {
-		ns, name := keys[i].Namespace, keys[i].Name
-		gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append([]string{ns, name}, labels...)...)
-		}
-		counter := func(d *prometheus.Desc, v float64, labels ...string) {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, append([]string{ns, name}, labels...)...)
-		}
+	for _, r := range records {
+		pool := r.labels // namespace, workerpool
 		if r.reconciles > 0 {
-			gauge(c.pending, r.pending)
-			gauge(c.oldestAge, r.oldestAgeSeconds)
-			gauge(c.saturation, r.saturation)
-			gauge(c.ready, r.ready)
-			counter(c.reconciles, r.reconciles)
+			ch <- &series{c.pending, pool, r.pending, false}
+			ch <- &series{c.oldestAge, pool, r.oldestAgeSeconds, false}
+			ch <- &series{c.saturation, pool, r.saturation, false}
+			ch <- &series{c.ready, pool, r.ready, false}
+			ch <- &series{c.reconciles, pool, r.reconciles, true}
 		}
 		if r.scraped {
-			counter(c.scrapeErrs, r.scrapeErrors)
+			ch <- &series{c.scrapeErrs, pool, r.scrapeErrors, true}
 		}
 		for _, cond := range r.conditions {
+			typ := constLabelPair("type", cond.Type)
 			for _, s := range conditionStatuses {
 				v := 0.0
 				if cond.Status == s {
 					v = 1
 				}
-				gauge(c.condition, v, cond.Type, string(s))
+				// In label name order: namespace, status, type, workerpool.
+				labels := []*dto.LabelPair{pool[0], constLabelPair("status", string(s)), typ, pool[1]}
+				ch <- &series{c.condition, labels, v, false}
 			}
 		}
 		for _, w := range r.writes {
-			counter(c.childWrites, w.n, w.kind, w.operation)
+			// kind, namespace, operation, workerpool.
+			labels := []*dto.LabelPair{constLabelPair("kind", w.kind), pool[0], constLabelPair("operation", w.operation), pool[1]}
+			ch <- &series{c.childWrites, labels, w.n, true}
 		}
 	}
+}
+
+// series is one sample of a pool's, with label pairs it shares with others.
+// Its labels must be in label name order, as the Prometheus client keeps
+// them.
+type series struct {
+	desc    *prometheus.Desc
+	labels  []*dto.LabelPair
+	value   float64
+	counter bool
+}
+
+func (s *series) Desc() *prometheus.Desc { return s.desc }
+
+func (s *series) Write(out *dto.Metric) error {
+	out.Label = s.labels
+	if s.counter {
+		out.Counter = &dto.Counter{Value: &s.value}
+	} else {
+		out.Gauge = &dto.Gauge{Value: &s.value}
+	}
+	return nil
+}
+
+func labelPair(name, value string) *dto.LabelPair {
+	return &dto.LabelPair{Name: &name, Value: &value}
+}
+
+// constLabelPairs are the label pairs of the few values of type, status,
+// kind and operation, made once and shared by every pool's series.
+var constLabelPairs = struct {
+	sync.RWMutex
+	m map[[2]string]*dto.LabelPair
+}{m: map[[2]string]*dto.LabelPair{}}
+
+func constLabelPair(name, value string) *dto.LabelPair {
+	key := [2]string{name, value}
+	constLabelPairs.RLock()
+	lp := constLabelPairs.m[key]
+	constLabelPairs.RUnlock()
+	if lp != nil {
+		return lp
+	}
+	constLabelPairs.Lock()
+	defer constLabelPairs.Unlock()
+	if lp = constLabelPairs.m[key]; lp == nil {
+		lp = labelPair(name, value)
+		constLabelPairs.m[key] = lp
+	}
+	return lp
 }
 
 func parseAgeSeconds(s string) float64 {

@@ -155,3 +155,44 @@ func TestPoolMetricsMemoryPerPool(t *testing.T) {
 		t.Fatalf("%.0f bytes of metrics per pool, want at most 2 KiB", perPool)
 	}
 }
+
+// A scrape of the operator's metrics allocates per series little more than
+// what the Prometheus client needs to expose it: at 10 000 pools a scrape
+// is 350 000 series, and what it allocates is live on top of the caches
+// until the page is written (about 890 bytes a series as gauge and counter
+// vectors, or with a fresh set of label pairs per series).
+func TestPoolMetricsScrapeAllocations(t *testing.T) {
+	const pools = 2000
+	reg := prometheus.NewRegistry()
+	m, err := NewPoolMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range pools {
+		pool, st := metricsPool("shop", fmt.Sprintf("pool-%05d", i))
+		m.observe(pool, st)
+		m.scrapeErrors(pool, 0)
+		for _, kind := range []string{"ConfigMap", "Deployment", "Service"} {
+			m.childWrite(pool, kind, "applied")
+		}
+	}
+	if _, err := reg.Gather(); err != nil { // the registry's own first-time work
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	mfs, err := reg.Gather()
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := 0
+	for _, mf := range mfs {
+		series += len(mf.GetMetric())
+	}
+	perSeries := float64(after.TotalAlloc-before.TotalAlloc) / float64(series)
+	t.Logf("%d series, %.0f bytes allocated per series", series, perSeries)
+	if perSeries > 450 {
+		t.Fatalf("a scrape allocates %.0f bytes per series, want at most 450", perSeries)
+	}
+}
