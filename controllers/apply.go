@@ -77,6 +77,7 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 	hash := stampAppliedHash(desired)
 
 	live := desired.DeepCopyObject().(client.Object)
+	create := false
 	switch err := r.Get(ctx, client.ObjectKeyFromObject(desired), live); {
 	case err == nil:
 		if !metav1.IsControlledBy(live, pool) {
@@ -92,9 +93,18 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 			}
 		}
 	case apierrors.IsNotFound(err):
-		// The cache holds only objects labelled as the operator's. Look past
-		// it before creating, so that an object someone else made under this
-		// name is reported, never taken over.
+		// The cache holds only objects labelled as the operator's, so an
+		// object of this name may still exist: the child is created by an
+		// apply that only creates, so that an object someone else made under
+		// this name is reported, never taken over.
+		create = true
+	default:
+		return nil, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
+	}
+
+	u, err := r.applyDesired(ctx, desired, create)
+	if create && apierrors.IsConflict(err) {
+		// Something holds the name. Whose is it?
 		probe := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: desired.GetObjectKind().GroupVersionKind().GroupVersion().String(), Kind: kind}}
 		switch err := r.apiReader().Get(ctx, client.ObjectKeyFromObject(desired), probe); {
 		case err == nil && !metav1.IsControlledBy(probe, pool):
@@ -102,15 +112,12 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 		case err != nil && !apierrors.IsNotFound(err):
 			return nil, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
 		}
-	default:
-		return nil, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
+		// The pool's own child that the cache does not hold (it lost the
+		// labels the cache selects, or the cache is behind), or one deleted
+		// since: apply it as any other.
+		u, err = r.applyDesired(ctx, desired, false)
 	}
-
-	u, err := applyConfiguration(desired)
 	if err != nil {
-		return nil, err
-	}
-	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		return nil, classifyWriteError(kind, desired.GetName(), err)
 	}
 	r.Metrics.childWrite(pool, kind, "applied")
@@ -120,6 +127,31 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 		return nil, fmt.Errorf("read back %s %s: %w", kind, desired.GetName(), err)
 	}
 	return written, nil
+}
+
+// createOnlyVersion is the resourceVersion precondition of an apply that
+// must only create. The API server drops it from an object that an apply
+// creates (it wipes server-set metadata, as a create does), and refuses the
+// apply with a conflict when any object holds the name, because no object
+// has this version (etcd numbers its first write 2). The check that the
+// name is free and the create are thus one atomic request: nothing created
+// in between can be taken over.
+const createOnlyVersion = "1"
+
+// applyDesired server-side applies the desired object (only creating it
+// when create is set) and returns the object as the API server stored it.
+func (r *WorkerPoolReconciler) applyDesired(ctx context.Context, desired client.Object, create bool) (*unstructured.Unstructured, error) {
+	u, err := applyConfiguration(desired)
+	if err != nil {
+		return nil, err
+	}
+	if create {
+		u.SetResourceVersion(createOnlyVersion)
+	}
+	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return nil, err
+	}
+	return u, nil
 }
 
 // legacyFieldManagers are the field managers under which earlier versions
