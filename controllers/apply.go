@@ -8,7 +8,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -75,6 +74,10 @@ func (r *WorkerPoolReconciler) applyChildren(ctx context.Context, pool *v1.Worke
 func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPool, desired client.Object) (client.Object, error) {
 	kind := kindOf(desired)
 	hash := stampAppliedHash(desired)
+	u, err := applyConfiguration(desired)
+	if err != nil {
+		return nil, err
+	}
 
 	live := desired.DeepCopyObject().(client.Object)
 	create := false
@@ -84,7 +87,7 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 			return nil, conflict(kind, live, pool)
 		}
 		switch applied := live.GetAnnotations()[v1.AppliedHashAnnotation]; {
-		case applied == hash && unchanged(desired, live):
+		case applied == hash && unchanged(u, live):
 			return live, nil
 		case applied == "":
 			// Written before the operator used server-side apply.
@@ -102,7 +105,7 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 		return nil, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
 	}
 
-	u, err := r.applyDesired(ctx, desired, create)
+	err = r.applyRequest(ctx, u, create)
 	if create && apierrors.IsConflict(err) {
 		// Something holds the name. Whose is it?
 		probe := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: desired.GetObjectKind().GroupVersionKind().GroupVersion().String(), Kind: kind}}
@@ -115,7 +118,7 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 		// The pool's own child that the cache does not hold (it lost the
 		// labels the cache selects, or the cache is behind), or one deleted
 		// since: apply it as any other.
-		u, err = r.applyDesired(ctx, desired, false)
+		err = r.applyRequest(ctx, u, false)
 	}
 	if err != nil {
 		return nil, classifyWriteError(kind, desired.GetName(), err)
@@ -138,20 +141,14 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 // in between can be taken over.
 const createOnlyVersion = "1"
 
-// applyDesired server-side applies the desired object (only creating it
-// when create is set) and returns the object as the API server stored it.
-func (r *WorkerPoolReconciler) applyDesired(ctx context.Context, desired client.Object, create bool) (*unstructured.Unstructured, error) {
-	u, err := applyConfiguration(desired)
-	if err != nil {
-		return nil, err
-	}
+// applyRequest sends a server-side apply request (one that only creates
+// when create is set).
+func (r *WorkerPoolReconciler) applyRequest(ctx context.Context, u *unstructured.Unstructured, create bool) error {
 	if create {
+		u = u.DeepCopy()
 		u.SetResourceVersion(createOnlyVersion)
 	}
-	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
-		return nil, err
-	}
-	return u, nil
+	return r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership)
 }
 
 // legacyFieldManagers are the field managers under which earlier versions
@@ -250,30 +247,76 @@ func applyConfiguration(o client.Object) (*unstructured.Unstructured, error) {
 	return &unstructured.Unstructured{Object: m}, nil
 }
 
-// unchanged says whether live still holds every label, annotation, owner
-// and value the desired child sets. Fields the API server defaulted and
-// fields other managers added are ignored (a zero or empty desired value is
-// "don't care"); a field removed from the plan is caught by the applied hash
-// instead.
-func unchanged(desired, live client.Object) bool {
-	sem := equality.Semantic
-	if !sem.DeepDerivative(desired.GetLabels(), live.GetLabels()) ||
-		!sem.DeepDerivative(desired.GetAnnotations(), live.GetAnnotations()) ||
-		!sem.DeepDerivative(desired.GetOwnerReferences(), live.GetOwnerReferences()) {
+// unchanged says whether live still holds every value of the apply
+// request. The request carries only the fields the operator sets: a zero
+// value the API server defaults (a probe's successThreshold) is absent from
+// it, so defaulted fields are ignored, and so are fields other managers
+// added. A field removed from the plan is caught by the applied hash instead.
+func unchanged(request *unstructured.Unstructured, live client.Object) bool {
+	have, err := runtime.DefaultUnstructuredConverter.ToUnstructured(live)
+	if err != nil {
 		return false
 	}
-	switch d := desired.(type) {
-	case *corev1.ConfigMap:
-		l := live.(*corev1.ConfigMap)
-		return sem.DeepEqual(d.Data, l.Data) && sem.DeepDerivative(d.Immutable, l.Immutable)
-	case *appsv1.Deployment:
-		return sem.DeepDerivative(d.Spec, live.(*appsv1.Deployment).Spec)
-	case *corev1.Service:
-		return sem.DeepDerivative(d.Spec, live.(*corev1.Service).Spec)
-	case *policyv1.PodDisruptionBudget:
-		return sem.DeepDerivative(d.Spec, live.(*policyv1.PodDisruptionBudget).Spec)
+	for k, v := range request.Object {
+		if k != "apiVersion" && k != "kind" && !holds(v, have[k]) {
+			return false
+		}
 	}
-	return false
+	return true
+}
+
+// holds says whether have holds every value of want: maps key by key; lists
+// of named elements (containers, env, volumes, ports) element by element,
+// matched by name, extra elements allowed; other lists whole; other values
+// equal.
+func holds(want, have any) bool {
+	switch w := want.(type) {
+	case map[string]any:
+		h, _ := have.(map[string]any)
+		for k, v := range w {
+			if !holds(v, h[k]) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		h, _ := have.([]any)
+		if !named(w) && len(h) != len(w) {
+			return false
+		}
+		for i, wv := range w {
+			hv := any(nil)
+			if named(w) {
+				hv = byName(h, wv.(map[string]any)["name"])
+			} else {
+				hv = h[i]
+			}
+			if !holds(wv, hv) {
+				return false
+			}
+		}
+		return true
+	}
+	return want == have
+}
+
+// named says whether a list's elements are objects keyed by name.
+func named(list []any) bool {
+	for _, e := range list {
+		if m, ok := e.(map[string]any); !ok || m["name"] == nil {
+			return false
+		}
+	}
+	return len(list) > 0
+}
+
+func byName(list []any, name any) any {
+	for _, e := range list {
+		if m, ok := e.(map[string]any); ok && m["name"] == name {
+			return m
+		}
+	}
+	return nil
 }
 
 // deleteIfOwned deletes obj (found by name in the cache) if the pool

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math"
 	"path"
+	"slices"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -70,21 +71,20 @@ func (p childPlan) objects() []client.Object {
 	return out
 }
 
-// planChildren renders the pool's children. An error means the spec cannot
-// be rendered into a worker.toml the worker accepts; it names the field.
-func planChildren(pool *workersv1alpha1.WorkerPool) (childPlan, error) {
+// planChildren renders the pool's children, its Deployment at the given
+// replica count. An error means the spec cannot be rendered into a
+// worker.toml the worker accepts; it names the field.
+func planChildren(pool *workersv1alpha1.WorkerPool, replicas int32) (childPlan, error) {
 	toml, hash, err := renderWorkerConfig(pool)
 	if err != nil {
 		return childPlan{}, err
 	}
 	p := childPlan{
 		ConfigMap:  desiredConfigMap(pool, toml, hash),
-		Deployment: desiredDeployment(pool, hash),
+		Deployment: desiredDeployment(pool, hash, replicas),
 		Service:    desiredService(pool),
 	}
-	if wantsPDB(pool) {
-		p.PDB = desiredPDB(pool)
-	}
+	p.PDB = desiredPDB(pool, replicas)
 	owner := *metav1.NewControllerRef(pool, workersv1alpha1.GroupVersion.WithKind("WorkerPool"))
 	for _, o := range p.objects() {
 		o.SetOwnerReferences([]metav1.OwnerReference{owner})
@@ -137,37 +137,75 @@ func desiredService(pool *workersv1alpha1.WorkerPool) *corev1.Service {
 	}
 }
 
-// desiredPDB keeps at least all but one pod up during voluntary disruptions
-// (node drains), so a drain never takes a whole pool offline at once. Pods
-// that are not ready may always be evicted: a crash-looping pool must not
-// block a node drain.
-func desiredPDB(pool *workersv1alpha1.WorkerPool) *policyv1.PodDisruptionBudget {
+// desiredPDB is the pool's PodDisruptionBudget, nil for none. By default a
+// pool of two or more pods may lose one at a time to voluntary disruptions
+// (node drains), and a single pod has no budget (one would block every
+// drain); spec.disruption sets the budget or turns it off. Pods that are not
+// ready may always be evicted unless spec.disruption says otherwise: a
+// crash-looping pool must not block a node drain.
+func desiredPDB(pool *workersv1alpha1.WorkerPool, replicas int32) *policyv1.PodDisruptionBudget {
+	budget := disruptionBudget(pool, replicas)
+	if budget == nil {
+		return nil
+	}
 	return &policyv1.PodDisruptionBudget{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "policy/v1", Kind: "PodDisruptionBudget"},
 		ObjectMeta: childMeta(pool, pool.Name),
-		Spec: policyv1.PodDisruptionBudgetSpec{
-			MaxUnavailable:             ptr.To(intstr.FromInt32(maxUnavailable(pool))),
-			Selector:                   &metav1.LabelSelector{MatchLabels: selectorLabels(pool)},
-			UnhealthyPodEvictionPolicy: ptr.To(policyv1.AlwaysAllow),
-		},
+		Spec:       *budget,
 	}
 }
 
-// wantsPDB: a budget on a single pod would block every node drain.
-func wantsPDB(pool *workersv1alpha1.WorkerPool) bool { return replicas(pool) > 1 }
-
-// maxUnavailable is how many of the pool's pods may be down at once by its
-// disruption budget: one of two or more, none of a single pod (which has no
-// budget, but must be up for the pool to be available).
-func maxUnavailable(pool *workersv1alpha1.WorkerPool) int32 {
-	if wantsPDB(pool) {
-		return 1
+// disruptionBudget is the spec of the pool's PodDisruptionBudget, nil for none.
+func disruptionBudget(pool *workersv1alpha1.WorkerPool, replicas int32) *policyv1.PodDisruptionBudgetSpec {
+	d := pool.Spec.Disruption
+	spec := &policyv1.PodDisruptionBudgetSpec{
+		Selector:                   &metav1.LabelSelector{MatchLabels: selectorLabels(pool)},
+		UnhealthyPodEvictionPolicy: ptr.To(policyv1.AlwaysAllow),
 	}
-	return 0
+	if d != nil && d.UnhealthyPodEvictionPolicy != "" {
+		spec.UnhealthyPodEvictionPolicy = ptr.To(d.UnhealthyPodEvictionPolicy)
+	}
+	switch {
+	case d != nil && !d.Enabled:
+		return nil
+	case d != nil && d.MinAvailable != nil:
+		spec.MinAvailable = d.MinAvailable
+	case d != nil && d.MaxUnavailable != nil:
+		spec.MaxUnavailable = d.MaxUnavailable
+	case replicas > 1:
+		spec.MaxUnavailable = ptr.To(intstr.FromInt32(1))
+	default:
+		return nil
+	}
+	return spec
 }
 
-func replicas(pool *workersv1alpha1.WorkerPool) int32 {
-	if pool.Spec.Replicas == nil {
+// neededAvailable is how many of the pool's pods must be available for it
+// to be Available (and Ready): what its disruption budget keeps up, or all
+// but one of two or more pods when it has none.
+func neededAvailable(pool *workersv1alpha1.WorkerPool, replicas int32) int32 {
+	want := replicas
+	budget := disruptionBudget(pool, replicas)
+	switch {
+	case budget != nil && budget.MinAvailable != nil:
+		n, _ := intstr.GetScaledValueFromIntOrPercent(budget.MinAvailable, int(want), true)
+		return min(want, int32(n))
+	case budget != nil && budget.MaxUnavailable != nil:
+		n, _ := intstr.GetScaledValueFromIntOrPercent(budget.MaxUnavailable, int(want), true)
+		return max(0, want-int32(n))
+	case want > 1:
+		return want - 1
+	}
+	return want
+}
+
+// specReplicas is the pod count the spec asks for without an autoscaler:
+// spec.replicas, or none while suspended.
+func specReplicas(pool *workersv1alpha1.WorkerPool) int32 {
+	switch {
+	case pool.Spec.Suspend:
+		return 0
+	case pool.Spec.Replicas == nil:
 		return 1
 	}
 	return *pool.Spec.Replicas
@@ -182,98 +220,195 @@ func gracePeriod(pool *workersv1alpha1.WorkerPool) int64 {
 	return int64(math.Ceil((d + DrainGraceMargin).Seconds()))
 }
 
-func desiredDeployment(pool *workersv1alpha1.WorkerPool, configHash string) *appsv1.Deployment {
-	s := pool.Spec
-	podLabels := maps.Clone(s.PodLabels)
-	if podLabels == nil {
-		podLabels = map[string]string{}
-	}
-	maps.Copy(podLabels, childLabels(pool)) // the selector label always wins
-	annotations := maps.Clone(s.PodAnnotations)
-	if annotations == nil {
-		annotations = map[string]string{}
-	}
-	annotations[workersv1alpha1.ConfigHashAnnotation] = configHash
+// Names the operator uses in every pod: spec.template may not take them.
+const (
+	configVolume = "tasker-config"
+	tmpVolume    = "tasker-tmp"
+)
 
-	env := []corev1.EnvVar{
-		{Name: config.EnvDatabaseURL, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: s.Queue.DatabaseSecretRef.DeepCopy()}},
-		{Name: config.EnvConfigPath, Value: path.Join(configMountPath, configFileName)},
-		{Name: config.EnvPodName, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.name"}}},
-	}
-	env = append(env, s.Env...) // later entries win: a team may override any of ours
-
-	probe := func(p string, period, failures int32) *corev1.Probe {
-		return &corev1.Probe{
-			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-				Path: p, Port: intstr.FromString(workersv1alpha1.MetricsPortName), Scheme: corev1.URISchemeHTTP}},
-			PeriodSeconds: period, FailureThreshold: failures, TimeoutSeconds: 2,
-			// Spelled out although it is the API default: the template is
-			// compared field by field with the stored one, and a zero here
-			// would differ from the defaulted 1 and rewrite the Deployment
-			// on every pass.
-			SuccessThreshold: 1,
-		}
-	}
-	container := corev1.Container{
-		Name:            containerName,
-		Image:           s.Image,
-		ImagePullPolicy: s.ImagePullPolicy,
-		Command:         s.Command,
-		Args:            s.Args,
-		Env:             env,
-		Ports: []corev1.ContainerPort{{
-			Name: workersv1alpha1.MetricsPortName, ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP}},
-		Resources:      *s.Resources.DeepCopy(),
-		LivenessProbe:  probe("/healthz", 10, 3),
-		ReadinessProbe: probe("/readyz", 5, 2),
-		VolumeMounts: []corev1.VolumeMount{
-			{Name: "config", MountPath: configMountPath, ReadOnly: true},
-			{Name: "tmp", MountPath: "/tmp"},
-		},
-		SecurityContext: &corev1.SecurityContext{
-			AllowPrivilegeEscalation: ptr.To(false),
-			ReadOnlyRootFilesystem:   ptr.To(true),
-			RunAsNonRoot:             ptr.To(true),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-		},
-	}
-	template := corev1.PodTemplateSpec{
-		ObjectMeta: metav1.ObjectMeta{Labels: podLabels, Annotations: annotations},
-		Spec: corev1.PodSpec{
-			Containers:                    []corev1.Container{container},
-			TerminationGracePeriodSeconds: ptr.To(gracePeriod(pool)),
-			ServiceAccountName:            s.ServiceAccountName,
-			// The API server copies serviceAccountName into this deprecated
-			// field and back: owning both is what lets a name removed from
-			// the spec leave the pods.
-			DeprecatedServiceAccount: s.ServiceAccountName,
-			NodeSelector:             s.NodeSelector,
-			Tolerations:              s.Tolerations,
-			Affinity:                 s.Affinity,
-			SecurityContext: &corev1.PodSecurityContext{
-				RunAsNonRoot:   ptr.To(true),
-				RunAsUser:      ptr.To(int64(runAsUser)),
-				RunAsGroup:     ptr.To(int64(runAsUser)),
-				FSGroup:        ptr.To(int64(runAsUser)),
-				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-			},
-			Volumes: []corev1.Volume{
-				{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-					LocalObjectReference: corev1.LocalObjectReference{Name: configMapName(pool, configHash)}}}},
-				{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-			},
-		},
-	}
+func desiredDeployment(pool *workersv1alpha1.WorkerPool, configHash string, replicas int32) *appsv1.Deployment {
+	template := podTemplate(pool, configHash)
 	template.Annotations[workersv1alpha1.TemplateHashAnnotation] = hashOf(template)
-	return &appsv1.Deployment{
+	dep := &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
 		ObjectMeta: childMeta(pool, pool.Name),
 		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(replicas(pool)),
+			Replicas: ptr.To(replicas),
 			Selector: &metav1.LabelSelector{MatchLabels: selectorLabels(pool)},
 			Template: template,
 		},
 	}
+	if r := pool.Spec.Rollout; r != nil {
+		dep.Spec.MinReadySeconds = r.MinReadySeconds
+		dep.Spec.ProgressDeadlineSeconds = r.ProgressDeadlineSeconds
+		if r.MaxSurge != nil || r.MaxUnavailable != nil {
+			dep.Spec.Strategy = appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType,
+				RollingUpdate: &appsv1.RollingUpdateDeployment{MaxSurge: r.MaxSurge, MaxUnavailable: r.MaxUnavailable}}
+		}
+	}
+	return dep
+}
+
+// podTemplate merges the operator's worker into spec.template: it starts
+// from the template (or an empty one), lets the convenience fields of the
+// spec fill in or replace what they name, and adds what every worker needs
+// (its worker.toml mount, the metrics port, DATABASE_URL, TASKER_CONFIG_PATH,
+// POD_NAME, a grace period that covers the drain) and, where the template
+// sets none, the probes and the restricted security contexts.
+func podTemplate(pool *workersv1alpha1.WorkerPool, configHash string) corev1.PodTemplateSpec {
+	s := pool.Spec
+	var t corev1.PodTemplateSpec
+	if s.Template != nil {
+		t = *s.Template.DeepCopy()
+	}
+	t.Labels = merged(t.Labels, s.PodLabels, childLabels(pool)) // the selector label always wins
+	t.Annotations = merged(t.Annotations, s.PodAnnotations, map[string]string{
+		workersv1alpha1.ConfigHashAnnotation:      configHash,
+		"kubectl.kubernetes.io/default-container": containerName, // kubectl logs/exec pick the worker
+	})
+	t.CreationTimestamp = metav1.Time{}
+
+	ps := &t.Spec
+	i := slices.IndexFunc(ps.Containers, func(c corev1.Container) bool { return c.Name == containerName })
+	if i < 0 {
+		ps.Containers = append([]corev1.Container{{Name: containerName}}, ps.Containers...)
+		i = 0
+	}
+	mergeWorker(&ps.Containers[i], pool)
+
+	if s.ServiceAccountName != "" {
+		ps.ServiceAccountName = s.ServiceAccountName
+	}
+	// The API server copies serviceAccountName into this deprecated field
+	// and back: owning both is what lets a name removed from the spec leave
+	// the pods.
+	ps.DeprecatedServiceAccount = ps.ServiceAccountName
+	ps.NodeSelector = merged(ps.NodeSelector, s.NodeSelector)
+	ps.Tolerations = append(ps.Tolerations, s.Tolerations...)
+	if s.Affinity != nil {
+		ps.Affinity = s.Affinity.DeepCopy()
+	}
+	ps.TerminationGracePeriodSeconds = ptr.To(max(gracePeriod(pool), ptr.Deref(ps.TerminationGracePeriodSeconds, 0)))
+	if ps.SecurityContext == nil {
+		ps.SecurityContext = &corev1.PodSecurityContext{
+			RunAsNonRoot:   ptr.To(true),
+			RunAsUser:      ptr.To(int64(runAsUser)),
+			RunAsGroup:     ptr.To(int64(runAsUser)),
+			FSGroup:        ptr.To(int64(runAsUser)),
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		}
+	}
+	ps.Volumes = slices.DeleteFunc(ps.Volumes, func(v corev1.Volume) bool { return v.Name == configVolume || v.Name == tmpVolume })
+	ps.Volumes = append(ps.Volumes, corev1.Volume{Name: configVolume, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+		LocalObjectReference: corev1.LocalObjectReference{Name: configMapName(pool, configHash)}}}})
+	if mountsTmp(ps.Containers[i]) {
+		ps.Volumes = append(ps.Volumes, corev1.Volume{Name: tmpVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	}
+	return t
+}
+
+// mergeWorker fills in the worker container c (the template's, or a new one).
+func mergeWorker(c *corev1.Container, pool *workersv1alpha1.WorkerPool) {
+	s := pool.Spec
+	if s.Image != "" {
+		c.Image = s.Image
+	}
+	if c.ImagePullPolicy == "" {
+		c.ImagePullPolicy = s.ImagePullPolicy
+	}
+	if len(s.Command) > 0 {
+		c.Command = s.Command
+	}
+	if len(s.Args) > 0 {
+		c.Args = s.Args
+	}
+	if len(s.Resources.Limits) > 0 || len(s.Resources.Requests) > 0 || len(s.Resources.Claims) > 0 {
+		c.Resources = *s.Resources.DeepCopy()
+	}
+	// The product's variables first (later ones may refer to them), then
+	// the template's and spec.env: a later entry of the same name replaces
+	// an earlier one in place, so a team may set its own DATABASE_URL. Where
+	// the worker reads its file and its id are the operator's: given again
+	// last, they win.
+	owned := []corev1.EnvVar{
+		{Name: config.EnvConfigPath, Value: path.Join(configMountPath, configFileName)},
+		{Name: config.EnvPodName, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.name"}}},
+	}
+	c.Env = mergedEnv(slices.Concat([]corev1.EnvVar{
+		{Name: config.EnvDatabaseURL, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: s.Queue.DatabaseSecretRef.DeepCopy()}},
+	}, owned, c.Env, s.Env, owned))
+	c.Ports = append(slices.DeleteFunc(c.Ports, func(p corev1.ContainerPort) bool {
+		return p.Name == workersv1alpha1.MetricsPortName || p.ContainerPort == MetricsPort // the operator's, refused by the schema
+	}), corev1.ContainerPort{Name: workersv1alpha1.MetricsPortName, ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP})
+	if c.LivenessProbe == nil {
+		// /livez fails only when the FFI pollers stayed dead past the
+		// completion timeout (a restart is then the fix), never for a
+		// database outage or a drain.
+		c.LivenessProbe = workerProbe("/livez", 10, 3)
+	}
+	if c.ReadinessProbe == nil {
+		c.ReadinessProbe = workerProbe("/readyz", 5, 2)
+	}
+	c.VolumeMounts = slices.DeleteFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+		return m.Name == configVolume || m.Name == tmpVolume || path.Clean(m.MountPath) == configMountPath // the operator's
+	})
+	tmp := mountsTmp(*c)
+	c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: configVolume, MountPath: configMountPath, ReadOnly: true})
+	if tmp {
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: tmpVolume, MountPath: "/tmp"})
+	}
+	if c.SecurityContext == nil {
+		c.SecurityContext = &corev1.SecurityContext{
+			AllowPrivilegeEscalation: ptr.To(false),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			RunAsNonRoot:             ptr.To(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		}
+	}
+}
+
+// mountsTmp says whether the worker needs the operator's writable /tmp: yes
+// unless the template mounts something there itself.
+func mountsTmp(c corev1.Container) bool {
+	return !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+		return path.Clean(m.MountPath) == "/tmp" && m.Name != tmpVolume
+	})
+}
+
+func workerProbe(p string, period, failures int32) *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+			Path: p, Port: intstr.FromString(workersv1alpha1.MetricsPortName), Scheme: corev1.URISchemeHTTP}},
+		PeriodSeconds: period, FailureThreshold: failures, TimeoutSeconds: 2, SuccessThreshold: 1,
+	}
+}
+
+// merged is the union of maps, later ones winning; nil when all are empty.
+func merged(ms ...map[string]string) map[string]string {
+	var out map[string]string
+	for _, m := range ms {
+		if len(m) > 0 && out == nil {
+			out = map[string]string{}
+		}
+		maps.Copy(out, m)
+	}
+	return out
+}
+
+// mergedEnv keeps one entry per name: the last one given, at the place of
+// the first.
+func mergedEnv(env []corev1.EnvVar) []corev1.EnvVar {
+	var out []corev1.EnvVar
+	at := map[string]int{}
+	for _, e := range env {
+		if i, ok := at[e.Name]; ok {
+			out[i] = e
+			continue
+		}
+		at[e.Name] = len(out)
+		out = append(out, e)
+	}
+	return out
 }
 
 // hashOf is a short, stable hash of v's JSON form (maps are sorted).

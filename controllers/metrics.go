@@ -32,6 +32,7 @@ type PoolMetrics struct {
 	pools map[types.NamespacedName]*poolRecord
 
 	pending, oldestAge, saturation, ready, scrapeErrs, condition, childWrites, reconciles *prometheus.Desc
+	backlog, oldestReady, desired, scaled                                                 *prometheus.Desc
 	scrapePass                                                                            prometheus.Histogram
 }
 
@@ -49,6 +50,13 @@ type poolRecord struct {
 	scraped      bool
 	conditions   []poolCondition
 	writes       []childWriteCount
+
+	// The queue reading (queueRead: at least one succeeded) and the
+	// autoscaler's last decision (autoscaled: it decided at least once).
+	backlog, oldestReadySeconds   float64
+	queueRead                     bool
+	desired, scaledUp, scaledDown float64
+	autoscaled                    bool
 }
 
 type poolCondition struct {
@@ -91,6 +99,14 @@ func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 			childWriteLabels, nil),
 		reconciles: prometheus.NewDesc("workerpool_reconciles_total",
 			"Reconcile passes that computed the pool's status.", poolLabels, nil),
+		backlog: prometheus.NewDesc("workerpool_queue_backlog",
+			"Steps ready to be claimed now over the pool's queues, read once per queue by the operator (a floor when a queue holds more than 100000).", poolLabels, nil),
+		oldestReady: prometheus.NewDesc("workerpool_queue_oldest_ready_age_seconds",
+			"How long the oldest ready step of the pool's queues has waited.", poolLabels, nil),
+		desired: prometheus.NewDesc("workerpool_autoscaler_desired_replicas",
+			"The replica count the built-in autoscaler set (pools with spec.autoscaling).", poolLabels, nil),
+		scaled: prometheus.NewDesc("workerpool_autoscaler_scale_decisions_total",
+			"Replica count changes the built-in autoscaler decided, by direction (up, down).", []string{"namespace", "workerpool", "direction"}, nil),
 		scrapePass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "workerpool_scrape_pass_duration_seconds",
 			Help: "Time to scrape all ready pods of one pool.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
 	}
@@ -170,6 +186,37 @@ func (m *PoolMetrics) scrapeErrors(pool *v1.WorkerPool, n int) {
 	r.scrapeErrors += float64(n)
 }
 
+// observeQueue records a reading of the pool's queues.
+func (m *PoolMetrics) observeQueue(pool *v1.WorkerPool, q queueObservation) {
+	if m == nil || q.Err != nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.record(pool.Namespace, pool.Name)
+	r.queueRead = true
+	r.backlog = float64(q.Backlog)
+	r.oldestReadySeconds = q.OldestReady.Seconds()
+}
+
+// observeScale records an autoscaler decision.
+func (m *PoolMetrics) observeScale(pool *v1.WorkerPool, d scaleDecision) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.record(pool.Namespace, pool.Name)
+	r.autoscaled = true
+	r.desired = float64(d.Desired)
+	switch {
+	case d.Desired > d.From:
+		r.scaledUp++
+	case d.Desired < d.From:
+		r.scaledDown++
+	}
+}
+
 // childWrite counts one create, update or delete of a pool's child.
 func (m *PoolMetrics) childWrite(pool *v1.WorkerPool, kind, operation string) {
 	if m == nil {
@@ -205,7 +252,8 @@ func (m *PoolMetrics) forget(namespace, name string) {
 type poolCollector PoolMetrics
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pending, c.oldestAge, c.saturation, c.ready, c.scrapeErrs, c.condition, c.childWrites, c.reconciles} {
+	for _, d := range []*prometheus.Desc{c.pending, c.oldestAge, c.saturation, c.ready, c.scrapeErrs, c.condition, c.childWrites, c.reconciles,
+		c.backlog, c.oldestReady, c.desired, c.scaled} {
 		ch <- d
 	}
 }
@@ -230,6 +278,16 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if r.scraped {
 			ch <- &series{c.scrapeErrs, pool, r.scrapeErrors, true}
+		}
+		if r.queueRead {
+			ch <- &series{c.backlog, pool, r.backlog, false}
+			ch <- &series{c.oldestReady, pool, r.oldestReadySeconds, false}
+		}
+		if r.autoscaled {
+			ch <- &series{c.desired, pool, r.desired, false}
+			// In label name order: direction, namespace, workerpool.
+			ch <- &series{c.scaled, []*dto.LabelPair{constLabelPair("direction", "up"), pool[0], pool[1]}, r.scaledUp, true}
+			ch <- &series{c.scaled, []*dto.LabelPair{constLabelPair("direction", "down"), pool[0], pool[1]}, r.scaledDown, true}
 		}
 		for _, cond := range r.conditions {
 			typ := constLabelPair("type", cond.Type)

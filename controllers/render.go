@@ -7,7 +7,7 @@ import (
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 )
 
-// RenderApplyRequests returns the pool's children as the server-side apply
+// RenderApplyRequests returns the pool's children (at the spec's replica count) as the server-side apply
 // requests the operator sends for them (field manager FieldOwner, forced):
 // the same objects, applied hashes and owner references, in the order the
 // operator applies them. It lets a benchmark make the operator's writes
@@ -15,7 +15,7 @@ import (
 // operator's own. An error means the spec cannot be rendered; it names the
 // field.
 func RenderApplyRequests(pool *v1.WorkerPool) ([]*unstructured.Unstructured, error) {
-	plan, err := planChildren(pool)
+	plan, err := planChildren(pool, specReplicas(pool))
 	if err != nil {
 		return nil, err
 	}

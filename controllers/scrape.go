@@ -35,6 +35,7 @@ const (
 	metricStarving          = "tasker_ffi_starving_events"
 	metricUnpolled          = "tasker_ffi_unpolled_events"
 	metricOldestUnpolled    = "tasker_ffi_oldest_unpolled_age_ms"
+	metricLastPoll          = "tasker_ffi_last_poll_age_ms"
 	metricCallbackTimeouts  = "tasker_callback_timeouts_total"
 	metricSemaphoreFailures = "tasker_semaphore_acquisition_failures_total"
 )
@@ -185,6 +186,7 @@ var statusFamilies = map[string]struct {
 	metricStarving:          {func(s *podSample) *float64 { return &s.StarvingEvents }, familySum},
 	metricUnpolled:          {func(s *podSample) *float64 { return &s.UnpolledEvents }, familySum},
 	metricOldestUnpolled:    {func(s *podSample) *float64 { return &s.OldestUnpolledAgeMs }, familyMax},
+	metricLastPoll:          {func(s *podSample) *float64 { return &s.LastPollAgeMs }, familyMax},
 	metricCallbackTimeouts:  {func(s *podSample) *float64 { return &s.CallbackTimeouts }, familySum},
 	metricSemaphoreFailures: {func(s *podSample) *float64 { return &s.SemaphoreFailures }, familySum},
 }

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/utils/ptr"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 )
@@ -48,6 +50,7 @@ type podSample struct {
 	StarvingEvents       float64
 	UnpolledEvents       float64
 	OldestUnpolledAgeMs  float64
+	LastPollAgeMs        float64 // since the pollers last polled
 	CallbackTimeouts     float64
 	SemaphoreFailures    float64
 }
@@ -81,6 +84,9 @@ type podObservation struct {
 	SampleAge time.Duration
 	// Err is why the last scrape of the pod failed, if it did.
 	Err error
+
+	template     string // the pod's template hash (Current compares it)
+	deletionCost string // its pod-deletion-cost annotation, "" when unset
 }
 
 // observation is everything a status pass looked at.
@@ -102,6 +108,35 @@ type observation struct {
 	Pods []podObservation
 	// ScrapedAt is when the pods' metrics were last read (zero: never).
 	ScrapedAt metav1.Time
+	// Now is when the pass began.
+	Now metav1.Time
+	// Replicas is the pod count the pass asks for: spec.replicas, the
+	// autoscaler's, or none while suspended.
+	Replicas int32
+	// Queue is the pool's queues as measured; nil when the operator does
+	// not read queues.
+	Queue *queueObservation
+	// Scale is the autoscaler's decision; nil without spec.autoscaling or
+	// while suspended.
+	Scale *scaleDecision
+}
+
+// failed records an error that may pass (nil is ignored).
+func (o *observation) failed(err error) {
+	if err != nil {
+		o.ApplyErr = errors.Join(o.ApplyErr, err)
+	}
+}
+
+// markCurrentPods marks the pods that run the Deployment's current template.
+func (o *observation) markCurrentPods() {
+	template := ""
+	if o.Deployment != nil {
+		template = o.Deployment.Spec.Template.Annotations[v1.TemplateHashAnnotation]
+	}
+	for i := range o.Pods {
+		o.Pods[i].Current = template != "" && o.Pods[i].template == template
+	}
 }
 
 // computeStatus returns the status the pool should have. It starts from the
@@ -137,11 +172,14 @@ func computeStatus(pool *v1.WorkerPool, obs observation) v1.WorkerPoolStatus {
 		c.ObservedGeneration = gen
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
+	st.Queue = queueStatus(pool.Status.Queue, obs.Queue)
+	st.Autoscaling = autoscalingStatus(pool, obs)
+
 	rollout := rolloutOf(obs)
 	stalled := stalledCondition(obs, rollout)
-	available := availableCondition(pool, obs.Deployment)
+	available := availableCondition(pool, obs.Replicas, obs.Deployment)
 	metrics := metricsCondition(agg)
-	set(readyCondition(obs, stalled, rollout, available, metrics))
+	set(readyCondition(pool, obs, stalled, rollout, available, metrics))
 	set(reconcilingCondition(pool, obs, stalled, rollout))
 	set(stalled)
 	set(available)
@@ -149,7 +187,80 @@ func computeStatus(pool *v1.WorkerPool, obs observation) v1.WorkerPoolStatus {
 	set(metrics)
 	set(starvingCondition(pool, agg, meta.FindStatusCondition(prev, v1.ConditionStarving)))
 	set(backpressureCondition(pool, agg, meta.FindStatusCondition(prev, v1.ConditionBackpressure)))
+	if pool.Spec.Autoscaling != nil {
+		set(scalingActiveCondition(pool, obs))
+		set(scalingLimitedCondition(pool, obs))
+	} else {
+		meta.RemoveStatusCondition(&st.Conditions, v1.ConditionScalingActive)
+		meta.RemoveStatusCondition(&st.Conditions, v1.ConditionScalingLimited)
+	}
 	return st
+}
+
+// queueStatus is the pool's queues as last measured: a failed read keeps the
+// last good figures (their measuredAt says how old they are).
+func queueStatus(prev *v1.QueueStatus, q *queueObservation) *v1.QueueStatus {
+	switch {
+	case q == nil:
+		return nil
+	case q.Err != nil:
+		return prev
+	}
+	return &v1.QueueStatus{Backlog: q.Backlog, BacklogCapped: q.Capped,
+		OldestReadyAge: formatAge(float64(q.OldestReady.Milliseconds())), MeasuredAt: ptr.To(metav1.NewTime(q.At))}
+}
+
+// autoscalingStatus is the autoscaler's state after this pass.
+func autoscalingStatus(pool *v1.WorkerPool, obs observation) *v1.AutoscalingStatus {
+	if pool.Spec.Autoscaling == nil {
+		return nil
+	}
+	st := &v1.AutoscalingStatus{}
+	if pool.Status.Autoscaling != nil {
+		st = pool.Status.Autoscaling.DeepCopy()
+	}
+	st.DesiredReplicas = obs.Replicas
+	if obs.Scale != nil && obs.Scale.Reason != "" {
+		st.LastDecision, st.LastScaleTime = obs.Scale.Reason, obs.Now.DeepCopy()
+	}
+	return st
+}
+
+// scalingActiveCondition: True while the autoscaler can read what it scales
+// on; False keeps the count as it is, saying why.
+func scalingActiveCondition(pool *v1.WorkerPool, obs observation) metav1.Condition {
+	c := metav1.Condition{Type: v1.ConditionScalingActive, Status: metav1.ConditionFalse, Reason: v1.ReasonBacklogUnavailable}
+	switch q := obs.Queue; {
+	case pool.Spec.Suspend:
+		c.Reason, c.Message = v1.ReasonSuspended, "suspended (spec.suspend): the autoscaler takes over again when the pool resumes"
+	case q == nil:
+		c.Message = fmt.Sprintf("the operator does not read queues (--read-queues=false): keeping %d replicas", obs.Replicas)
+	case q.Err != nil:
+		c.Message = truncate(fmt.Sprintf("%v: keeping %d replicas", q.Err, obs.Replicas), 1000)
+	default:
+		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonScalingActive
+		c.Message = fmt.Sprintf("backlog %d, oldest ready step waited %s", q.Backlog, q.OldestReady.Round(100*time.Millisecond))
+		if q.Capped {
+			c.Message = fmt.Sprintf("backlog at least %d, oldest ready step waited %s", q.Backlog, q.OldestReady.Round(100*time.Millisecond))
+		}
+	}
+	return c
+}
+
+// scalingLimitedCondition: True when the count the targets ask for is held
+// back, by what.
+func scalingLimitedCondition(pool *v1.WorkerPool, obs observation) metav1.Condition {
+	c := metav1.Condition{Type: v1.ConditionScalingLimited, Status: metav1.ConditionFalse, Reason: v1.ReasonDesiredWithinRange}
+	a := pool.Spec.Autoscaling
+	minR := int32(1)
+	if a.MinReplicas != nil {
+		minR = *a.MinReplicas
+	}
+	c.Message = fmt.Sprintf("%d replicas, within [%d, %d]", obs.Replicas, minR, a.MaxReplicas)
+	if d := obs.Scale; d != nil && d.Limit != "" {
+		c.Status, c.Reason, c.Message = metav1.ConditionTrue, d.Limit, truncate(d.LimitMessage, 1000)
+	}
+	return c
 }
 
 // aggregation sums or takes the worst of the pods' samples: every ready
@@ -162,6 +273,7 @@ type aggregation struct {
 	inFlight, capacity, maxSaturation   int32
 	pending, starving, unpolled         int32
 	oldestMs, oldestUnpolledMs          float64
+	unpolledPodLastPollMs               float64 // the last poll's age on unpolledPod
 	oldestPod, unpolledPod, saturPod    string
 	callbackTimeouts, semaphoreFailures int64
 }
@@ -223,7 +335,7 @@ func aggregate(pods []podObservation) aggregation {
 			a.oldestMs, a.oldestPod = math.Max(0, s.OldestPendingAgeMs), p.Name
 		}
 		if s.OldestUnpolledAgeMs > a.oldestUnpolledMs || a.unpolledPod == "" {
-			a.oldestUnpolledMs, a.unpolledPod = math.Max(0, s.OldestUnpolledAgeMs), p.Name
+			a.oldestUnpolledMs, a.unpolledPod, a.unpolledPodLastPollMs = math.Max(0, s.OldestUnpolledAgeMs), p.Name, s.LastPollAgeMs
 		}
 	}
 	return a
@@ -484,14 +596,13 @@ func plural(n int, one, many string) string {
 
 // availableCondition: enough replicas are available for the pool's
 // disruption budget (all but one of two or more; the one of a single).
-func availableCondition(pool *v1.WorkerPool, d *appsv1.Deployment) metav1.Condition {
+func availableCondition(pool *v1.WorkerPool, want int32, d *appsv1.Deployment) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionAvailable, Status: metav1.ConditionFalse, Reason: v1.ReasonMinimumReplicasUnavailable}
 	if d == nil {
 		c.Message = "the pool's Deployment does not exist yet"
 		return c
 	}
-	want := replicas(pool)
-	need := want - maxUnavailable(pool)
+	need := neededAvailable(pool, want)
 	if d.Status.AvailableReplicas >= need {
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonMinimumReplicasAvailable
 	}
@@ -527,7 +638,7 @@ func progressingCondition(d *appsv1.Deployment, r rollout) metav1.Condition {
 func reconcilingCondition(pool *v1.WorkerPool, obs observation, stalled metav1.Condition, r rollout) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionReconciling, Status: metav1.ConditionTrue}
 	d := obs.Deployment
-	want := replicas(pool)
+	want := obs.Replicas
 	switch {
 	case stalled.Status == metav1.ConditionTrue:
 		c.Status, c.Reason, c.Message = metav1.ConditionFalse, v1.ReasonStalled, "progress is blocked: see the Stalled condition"
@@ -540,6 +651,8 @@ func reconcilingCondition(pool *v1.WorkerPool, obs observation, stalled metav1.C
 		c.Reason, c.Message = p.Reason, p.Message
 	case !r.Observed:
 		c.Reason, c.Message = v1.ReasonScaling, "the Deployment controller has not seen the latest spec yet"
+	case pool.Spec.Suspend && d.Status.Replicas == 0:
+		c.Status, c.Reason, c.Message = metav1.ConditionFalse, v1.ReasonSuspended, suspendedMessage(obs)
 	case d.Status.Replicas != want || d.Status.AvailableReplicas < want:
 		c.Reason = v1.ReasonScaling
 		c.Message = fmt.Sprintf("%d of %d replicas available, %d running", d.Status.AvailableReplicas, want, d.Status.Replicas)
@@ -610,8 +723,12 @@ func starvingCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Conditio
 	switch {
 	case a.oldestUnpolledMs > limit && a.oldestUnpolledMs >= a.oldestMs:
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonEventsStarving
+		noPoll := a.oldestUnpolledMs
+		if a.unpolledPodLastPollMs > 0 {
+			noPoll = min(noPoll, a.unpolledPodLastPollMs) // a poll that left this event behind still polled
+		}
 		c.Message = fmt.Sprintf("no poll for %s on pod %s, %d events waiting across the pool (threshold %s)",
-			formatAge(a.oldestUnpolledMs), a.unpolledPod, a.unpolled, threshold)
+			formatAge(noPoll), a.unpolledPod, a.unpolled, threshold)
 	case a.oldestMs > limit:
 		c.Status, c.Reason = metav1.ConditionTrue, v1.ReasonEventsStarving
 		c.Message = fmt.Sprintf("oldest pending FFI event has waited %s on pod %s (threshold %s); %d events starving across the pool",
@@ -633,12 +750,9 @@ func starvingCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Conditio
 // backpressureMargin points, and never on missing data.
 func backpressureCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Condition) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionBackpressure}
-	warn, crit := pool.Spec.Dispatch.SaturationWarningPercent, pool.Spec.Dispatch.SaturationCriticalPercent
+	warn, crit := pool.Spec.Dispatch.SaturationWarningPercent, saturationCritical(pool)
 	if warn <= 0 {
 		warn = 80
-	}
-	if crit <= 0 {
-		crit = 95
 	}
 	if !a.measured() {
 		return unmeasured(c, a, prev)
@@ -663,6 +777,14 @@ func backpressureCondition(pool *v1.WorkerPool, a aggregation, prev *metav1.Cond
 		c.Message += fmt.Sprintf("; clears below %d%%", max(0, warn-backpressureMargin))
 	}
 	return keepUnlessCovered(c, a, prev)
+}
+
+// saturationCritical is the pool's critical completion saturation, in percent.
+func saturationCritical(pool *v1.WorkerPool) int32 {
+	if c := pool.Spec.Dispatch.SaturationCriticalPercent; c > 0 {
+		return c
+	}
+	return 95
 }
 
 // unmeasured is a metric condition when no pod's figures are usable: the
@@ -698,13 +820,16 @@ func keepUnlessCovered(c metav1.Condition, a aggregation, prev *metav1.Condition
 // replicas are available for the disruption budget and its metrics are
 // readable. Starving and Backpressure are reported on their own (and
 // alerted on); they do not make a running pool un-ready.
-func readyCondition(obs observation, stalled metav1.Condition, r rollout, available, metrics metav1.Condition) metav1.Condition {
+func readyCondition(pool *v1.WorkerPool, obs observation, stalled metav1.Condition, r rollout, available, metrics metav1.Condition) metav1.Condition {
 	c := metav1.Condition{Type: v1.ConditionReady, Status: metav1.ConditionFalse}
 	switch {
 	case stalled.Status == metav1.ConditionTrue:
 		c.Reason, c.Message = stalled.Reason, stalled.Message
 	case obs.ApplyErr != nil:
 		c.Reason, c.Message = v1.ReasonApplyFailed, truncate(obs.ApplyErr.Error(), 1000)
+	case pool.Spec.Suspend:
+		// What the spec asks for: no pods. Those still there are draining.
+		c.Status, c.Reason, c.Message = metav1.ConditionTrue, v1.ReasonSuspended, suspendedMessage(obs)
 	case !r.Known || !r.Done:
 		p := progressingCondition(obs.Deployment, r)
 		c.Reason, c.Message = p.Reason, p.Message
@@ -717,6 +842,14 @@ func readyCondition(obs observation, stalled metav1.Condition, r rollout, availa
 		c.Message = available.Message + "; template rolled out; metrics: " + metrics.Message
 	}
 	return c
+}
+
+func suspendedMessage(obs observation) string {
+	msg := "suspended (spec.suspend): scaled to zero pods; configuration and children kept"
+	if n := len(obs.Pods); n > 0 {
+		msg += fmt.Sprintf("; %d %s still running", n, plural(n, "pod", "pods"))
+	}
+	return msg
 }
 
 // statusHeartbeat bounds how stale lastScrapeTime may get: a status whose
@@ -741,6 +874,20 @@ func statusNeedsWrite(old, next v1.WorkerPoolStatus) bool {
 // conditionEvent is a Kubernetes event to emit for a condition transition.
 type conditionEvent struct {
 	Type, Reason, Message string
+}
+
+// statusEvents are the events a status change is worth: one per condition
+// transition and one per change of the autoscaler's count.
+func statusEvents(old, next v1.WorkerPoolStatus) []conditionEvent {
+	out := transitionEvents(old.Conditions, next.Conditions)
+	if a := next.Autoscaling; a != nil && old.Autoscaling != nil && a.DesiredReplicas != old.Autoscaling.DesiredReplicas {
+		ev := conditionEvent{Type: corev1.EventTypeNormal, Reason: "ScaledUp", Message: a.LastDecision}
+		if a.DesiredReplicas < old.Autoscaling.DesiredReplicas {
+			ev.Reason = "ScaledDown"
+		}
+		out = append(out, ev)
+	}
+	return out
 }
 
 // transitionEvents returns one event per change of Stalled, Starving or

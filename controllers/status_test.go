@@ -67,6 +67,13 @@ func cond(t *testing.T, st v1.WorkerPoolStatus, typ string) metav1.Condition {
 	return *c
 }
 
+// withReplicas is obs with the pool's spec replica count, as the reconciler
+// sets it for a pool without an autoscaler.
+func withReplicas(pool *v1.WorkerPool, obs observation) observation {
+	obs.Replicas = specReplicas(pool)
+	return obs
+}
+
 // kstatusOf is what kstatus (cli-utils), as Flux, Argo CD and kpt use it,
 // computes for the pool with this status.
 func kstatusOf(t *testing.T, pool *v1.WorkerPool, st v1.WorkerPoolStatus) kstatus.Status {
@@ -88,7 +95,7 @@ var now = metav1.NewTime(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 
 func TestComputeStatusAggregatesReadyPods(t *testing.T) {
 	pool := testPool()
-	st := computeStatus(pool, observation{Deployment: rolledOut(2), ScrapedAt: now, Pods: []podObservation{
+	st := computeStatus(pool, observation{Replicas: specReplicas(pool), Deployment: rolledOut(2), ScrapedAt: now, Pods: []podObservation{
 		{Name: "a", Ready: true, Current: true, Sample: &podSample{InFlight: 3, Capacity: 10, CompletionSaturation: 0.12, PendingEvents: 4,
 			OldestPendingAgeMs: 2500, StarvingEvents: 0, UnpolledEvents: 2, OldestUnpolledAgeMs: 700, CallbackTimeouts: 2, SemaphoreFailures: 1}},
 		{Name: "b", Ready: true, Current: true, Sample: &podSample{InFlight: 5, Capacity: 10, CompletionSaturation: 0.29, PendingEvents: 1,
@@ -157,7 +164,7 @@ func TestStarvingFollowsTheThreshold(t *testing.T) {
 			pool.Spec.FFI.Enabled = tc.enabled
 			s := sample(0, 0, 3, tc.oldestMs)
 			s.UnpolledEvents, s.OldestUnpolledAgeMs = 12, tc.unpolledMs
-			st := computeStatus(pool, observation{Deployment: rolledOut(1),
+			st := computeStatus(pool, observation{Replicas: specReplicas(pool), Deployment: rolledOut(1),
 				Pods: []podObservation{{Name: "slow-pod", Ready: true, Current: true, Sample: s}}})
 			c := cond(t, st, v1.ConditionStarving)
 			if c.Status != tc.status || c.Reason != tc.reason {
@@ -182,7 +189,7 @@ func TestBackpressureWarningThenCritical(t *testing.T) {
 		{0.95, metav1.ConditionTrue, v1.ReasonSaturationCritical},
 		{1, metav1.ConditionTrue, v1.ReasonSaturationCritical},
 	} {
-		st := computeStatus(testPool(), observation{Deployment: rolledOut(2), Pods: []podObservation{
+		st := computeStatus(testPool(), observation{Replicas: specReplicas(testPool()), Deployment: rolledOut(2), Pods: []podObservation{
 			{Name: "calm", Ready: true, Current: true, Sample: sample(0, 0.1, 0, 0)},
 			{Name: "busy", Ready: true, Current: true, Sample: sample(0, tc.sat, 0, 0)}}})
 		c := cond(t, st, v1.ConditionBackpressure)
@@ -199,7 +206,7 @@ func TestBackpressureWarningThenCritical(t *testing.T) {
 // left only clearly below its threshold.
 func TestHysteresis(t *testing.T) {
 	pass := func(pool *v1.WorkerPool, s *podSample) metav1.Condition {
-		pool.Status = computeStatus(pool, observation{Deployment: rolledOut(2), Pods: readyPods(2, s)})
+		pool.Status = computeStatus(pool, observation{Replicas: specReplicas(pool), Deployment: rolledOut(2), Pods: readyPods(2, s)})
 		return cond(t, pool.Status, v1.ConditionBackpressure)
 	}
 	pool := testPool()
@@ -217,7 +224,7 @@ func TestHysteresis(t *testing.T) {
 	}
 
 	starving := func(pool *v1.WorkerPool, ageMs float64) metav1.ConditionStatus {
-		pool.Status = computeStatus(pool, observation{Deployment: rolledOut(2), Pods: readyPods(2, sample(0, 0, 1, ageMs))})
+		pool.Status = computeStatus(pool, observation{Replicas: specReplicas(pool), Deployment: rolledOut(2), Pods: readyPods(2, sample(0, 0, 1, ageMs))})
 		return cond(t, pool.Status, v1.ConditionStarving).Status
 	}
 	pool = testPool()
@@ -240,14 +247,14 @@ func TestPartialScrapes(t *testing.T) {
 	pool.Spec.Replicas = ptr.To(int32(4))
 	pods := readyPods(4, sample(1, 0.1, 0, 0))
 	pods[3].Sample = sample(2, 0.97, 0, 0)
-	pool.Status = computeStatus(pool, observation{Deployment: rolledOut(4), Pods: pods})
+	pool.Status = computeStatus(pool, observation{Replicas: specReplicas(pool), Deployment: rolledOut(4), Pods: pods})
 	if c := cond(t, pool.Status, v1.ConditionBackpressure); c.Reason != v1.ReasonSaturationCritical {
 		t.Fatalf("Backpressure %+v", c)
 	}
 
 	// The saturated pod times out: its recent sample still counts.
 	pods[3].Stale, pods[3].SampleAge, pods[3].Err = true, 20*time.Second, errors.New("no answer within 2s")
-	st := computeStatus(pool, observation{Deployment: rolledOut(4), Pods: pods})
+	st := computeStatus(pool, observation{Replicas: specReplicas(pool), Deployment: rolledOut(4), Pods: pods})
 	if c := cond(t, st, v1.ConditionBackpressure); c.Reason != v1.ReasonSaturationCritical || !strings.Contains(c.Message, "pod-3") {
 		t.Errorf("Backpressure from the stale pod's sample %+v", c)
 	}
@@ -266,7 +273,7 @@ func TestPartialScrapes(t *testing.T) {
 	// Its sample is too old to count: the others say "fine", but the pool
 	// does not clear on their word.
 	pods[3].Sample, pods[3].Stale = nil, false
-	st = computeStatus(pool, observation{Deployment: rolledOut(4), Pods: pods})
+	st = computeStatus(pool, observation{Replicas: specReplicas(pool), Deployment: rolledOut(4), Pods: pods})
 	if c := cond(t, st, v1.ConditionBackpressure); c.Status != metav1.ConditionTrue || c.Reason != v1.ReasonSaturationCritical ||
 		!strings.Contains(c.Message, "not cleared while 1 of 4 ready pods are unread") {
 		t.Errorf("Backpressure cleared on partial data %+v", c)
@@ -282,7 +289,7 @@ func TestPartialScrapes(t *testing.T) {
 	for i := range pods {
 		pods[i].Sample, pods[i].Err = nil, refused
 	}
-	st = computeStatus(pool, observation{Deployment: rolledOut(4), Pods: pods})
+	st = computeStatus(pool, observation{Replicas: specReplicas(pool), Deployment: rolledOut(4), Pods: pods})
 	if c := cond(t, st, v1.ConditionBackpressure); c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "kept: no pod's metrics could be read") {
 		t.Errorf("Backpressure with no data %+v", c)
 	}
@@ -295,7 +302,7 @@ func TestPartialScrapes(t *testing.T) {
 	}
 	// ... and with no last state, Unknown rather than a guess.
 	fresh := testPool()
-	st = computeStatus(fresh, observation{Deployment: rolledOut(2), Pods: pods[:2]})
+	st = computeStatus(fresh, observation{Replicas: specReplicas(fresh), Deployment: rolledOut(2), Pods: pods[:2]})
 	for _, typ := range []string{v1.ConditionStarving, v1.ConditionBackpressure} {
 		if c := cond(t, st, typ); c.Status != metav1.ConditionUnknown || c.Reason != v1.ReasonScrapeFailed {
 			t.Errorf("%s %+v", typ, c)
@@ -317,7 +324,7 @@ func TestRunningPodsThatAreNotReadyStillCount(t *testing.T) {
 	pods := append(readyPods(1, sample(1, 0.1, 0, 0)),
 		podObservation{Name: "stuck", Running: true, Current: true, Sample: stuck},
 		podObservation{Name: "starting", Running: true, Current: true, Err: errors.New("connection refused")})
-	st := computeStatus(pool, observation{Deployment: rolledOut(2), Pods: pods})
+	st := computeStatus(pool, observation{Replicas: specReplicas(pool), Deployment: rolledOut(2), Pods: pods})
 	if c := cond(t, st, v1.ConditionBackpressure); c.Reason != v1.ReasonSaturationCritical || !strings.Contains(c.Message, "on pod stuck") {
 		t.Errorf("Backpressure %+v", c)
 	}
@@ -331,7 +338,7 @@ func TestRunningPodsThatAreNotReadyStillCount(t *testing.T) {
 		t.Errorf("MetricsAvailable %+v", c)
 	}
 	// With no ready pod at all, the running pod's figures still decide.
-	st = computeStatus(testPool(), observation{Deployment: rolledOut(2), Pods: pods[1:]})
+	st = computeStatus(testPool(), observation{Replicas: specReplicas(testPool()), Deployment: rolledOut(2), Pods: pods[1:]})
 	if c := cond(t, st, v1.ConditionBackpressure); c.Reason != v1.ReasonSaturationCritical {
 		t.Errorf("Backpressure from a not-ready pod alone %+v", c)
 	}
@@ -346,7 +353,7 @@ func TestRolloutIsNotScaling(t *testing.T) {
 	type want struct{ ready, reconciling, progressing string }
 	check := func(name string, obs observation, w want, ks kstatus.Status) {
 		t.Helper()
-		st := computeStatus(pool, obs)
+		st := computeStatus(pool, withReplicas(pool, obs))
 		got := want{
 			string(cond(t, st, v1.ConditionReady).Status) + "/" + cond(t, st, v1.ConditionReady).Reason,
 			string(cond(t, st, v1.ConditionReconciling).Status) + "/" + cond(t, st, v1.ConditionReconciling).Reason,
@@ -462,7 +469,7 @@ func TestStalledNamesTheCause(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pool := testPool()
-			st := computeStatus(pool, tc.obs)
+			st := computeStatus(pool, withReplicas(pool, tc.obs))
 			s := cond(t, st, v1.ConditionStalled)
 			if s.Status != metav1.ConditionTrue || s.Reason != tc.reason || !strings.Contains(s.Message, tc.message) {
 				t.Fatalf("Stalled %s/%s %q, want True/%s containing %q", s.Status, s.Reason, s.Message, tc.reason, tc.message)
@@ -482,7 +489,7 @@ func TestStalledNamesTheCause(t *testing.T) {
 			}
 			// Fixed: the next pass sees healthy pods.
 			pool.Status = st
-			healed := computeStatus(pool, observation{Deployment: rolledOut(2), Pods: readyPods(2, sample(0, 0, 0, 0))})
+			healed := computeStatus(pool, observation{Replicas: specReplicas(pool), Deployment: rolledOut(2), Pods: readyPods(2, sample(0, 0, 0, 0))})
 			if s := cond(t, healed, v1.ConditionStalled); s.Status != metav1.ConditionFalse {
 				t.Errorf("Stalled after the fix %+v", s)
 			}
@@ -512,7 +519,7 @@ func TestOldTemplatePodsDoNotStall(t *testing.T) {
 	pods := problemPods(pod("old", waiting("CrashLoopBackOff", "")))
 	pods[0].Current = false
 	pods = append(pods, readyPods(2, sample(0, 0, 0, 0))...)
-	st := computeStatus(testPool(), observation{Deployment: rolledOut(2), Pods: pods})
+	st := computeStatus(testPool(), observation{Replicas: specReplicas(testPool()), Deployment: rolledOut(2), Pods: pods})
 	if s := cond(t, st, v1.ConditionStalled); s.Status != metav1.ConditionFalse {
 		t.Errorf("Stalled %+v", s)
 	}
@@ -524,10 +531,10 @@ func TestOldTemplatePodsDoNotStall(t *testing.T) {
 func TestConditionsKeepTransitionTimes(t *testing.T) {
 	pool := testPool()
 	obs := observation{Deployment: rolledOut(2), ScrapedAt: now, Pods: readyPods(2, sample(0, 0.9, 0, 0))}
-	pool.Status = computeStatus(pool, obs)
+	pool.Status = computeStatus(pool, withReplicas(pool, obs))
 	first := cond(t, pool.Status, v1.ConditionBackpressure).LastTransitionTime
 	obs.ScrapedAt = metav1.NewTime(now.Add(time.Minute))
-	next := computeStatus(pool, obs)
+	next := computeStatus(pool, withReplicas(pool, obs))
 	if got := cond(t, next, v1.ConditionBackpressure).LastTransitionTime; !got.Equal(&first) {
 		t.Fatalf("unchanged condition moved its transition time: %v → %v", first, got)
 	}
@@ -535,12 +542,12 @@ func TestConditionsKeepTransitionTimes(t *testing.T) {
 		t.Error("a pass that changed only lastScrapeTime wants a status write")
 	}
 	obs.ScrapedAt = metav1.NewTime(now.Add(statusHeartbeat))
-	if !statusNeedsWrite(pool.Status, computeStatus(pool, obs)) {
+	if !statusNeedsWrite(pool.Status, computeStatus(pool, withReplicas(pool, obs))) {
 		t.Error("lastScrapeTime never refreshed past the heartbeat")
 	}
 	obs.Pods = readyPods(2, sample(1, 0.9, 0, 0))
 	obs.ScrapedAt = metav1.NewTime(now.Add(time.Minute))
-	if !statusNeedsWrite(pool.Status, computeStatus(pool, obs)) {
+	if !statusNeedsWrite(pool.Status, computeStatus(pool, withReplicas(pool, obs))) {
 		t.Error("a changed figure does not want a status write")
 	}
 }

@@ -94,7 +94,7 @@ func TestDeploymentPassesThroughAndHardens(t *testing.T) {
 	p := fullPool()
 	p.Spec.PodLabels = map[string]string{"team": "pay", v1.PoolLabel: "spoofed"}
 	p.Spec.Env = []corev1.EnvVar{{Name: "EXTRA", Value: "1"}}
-	d := desiredDeployment(p, "abc")
+	d := desiredDeployment(p, "abc", specReplicas(p))
 	tpl := d.Spec.Template
 	if tpl.Labels["team"] != "pay" || tpl.Labels[v1.PoolLabel] != "payments" || d.Spec.Selector.MatchLabels[v1.PoolLabel] != "payments" {
 		t.Fatalf("labels %v selector %v", tpl.Labels, d.Spec.Selector)
@@ -112,11 +112,11 @@ func TestDeploymentPassesThroughAndHardens(t *testing.T) {
 	if tpl.Spec.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		t.Fatal("no RuntimeDefault seccomp profile")
 	}
-	if !wantsPDB(p) {
+	if desiredPDB(p, specReplicas(p)) == nil {
 		t.Error("3 replicas and no PodDisruptionBudget")
 	}
 	p.Spec.Replicas = ptr.To(int32(1))
-	if wantsPDB(p) {
+	if desiredPDB(p, specReplicas(p)) != nil {
 		t.Error("a PodDisruptionBudget on one replica would block every node drain")
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -13,6 +15,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -57,26 +60,65 @@ type WorkerPoolReconciler struct {
 	// else triggers a reconcile, and the least time between two scrapes of a
 	// pool whose ready pods did not change.
 	StatusInterval time.Duration
+	// Queues measures the pools' queues (status.queue and the autoscaler);
+	// nil turns queue reading off.
+	Queues *QueueReader
+	// AutoscaleInterval is how often a pool with spec.autoscaling is
+	// reconciled, so the autoscaler reacts to a burst within it.
+	AutoscaleInterval time.Duration
 	// Now is the clock (time.Now unless a test replaces it).
 	Now func() time.Time
 
 	samples sampleStore
+	scales  scaleHistories
 }
+
+// scaleHistories keeps each autoscaled pool's recent decisions.
+type scaleHistories struct {
+	mu    sync.Mutex
+	pools map[types.NamespacedName]*scaleHistory
+}
+
+func (s *scaleHistories) get(key types.NamespacedName) *scaleHistory {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pools == nil {
+		s.pools = map[types.NamespacedName]*scaleHistory{}
+	}
+	h := s.pools[key]
+	if h == nil {
+		h = &scaleHistory{}
+		s.pools[key] = h
+	}
+	return h
+}
+
+func (s *scaleHistories) forget(key types.NamespacedName) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.pools, key)
+}
+
+// podDeletionCost tells the ReplicaSet controller which pods to remove
+// first when it scales in: the lowest cost.
+const podDeletionCost = "controller.kubernetes.io/pod-deletion-cost"
 
 // +kubebuilder:rbac:groups=workers.tasker.dev,resources=workerpools,verbs=get;list;watch
 // +kubebuilder:rbac:groups=workers.tasker.dev,resources=workerpools/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=workers.tasker.dev,resources=workerpools/finalizers,verbs=update
 // +kubebuilder:rbac:groups=core,resources=configmaps;services,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=core,resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups=core,resources=pods,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=core,resources=secrets,verbs=get
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile brings one pool's children and status up to date: plan the
-// children, apply them, observe the Deployment and the pods, then compute
-// and write the status (deferred, so that a pass that failed half-way still
-// records its generation and what went wrong).
+// Reconcile brings one pool's children and status up to date: observe the
+// Deployment, the pods and the queue; decide the replica count; plan the
+// children and apply them; then compute and write the status (deferred, so
+// that a pass that failed half-way still records its generation and what
+// went wrong).
 func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, err error) {
 	pool := &v1.WorkerPool{}
 	if err := r.Get(ctx, req.NamespacedName, pool); err != nil {
@@ -84,6 +126,7 @@ func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 			// Children go with their owner (garbage collection).
 			r.Metrics.forget(req.Namespace, req.Name)
 			r.samples.forget(req.NamespacedName)
+			r.scales.forget(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, fmt.Errorf("get WorkerPool: %w", err)
@@ -92,25 +135,33 @@ func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, nil
 	}
 
-	var obs observation
+	obs := observation{Now: metav1.NewTime(r.now())}
 	defer func() { result, err = r.writeStatus(ctx, pool, &obs, result, err) }()
 
-	plan, err := planChildren(pool)
+	obs.failed(r.observe(ctx, pool, &obs))
+	obs.Replicas = r.replicas(pool, &obs)
+	plan, err := planChildren(pool, obs.Replicas)
 	if err != nil {
 		obs.SpecErr = err // children stay as they were until the spec is fixed
 	} else {
-		obs.Deployment, err = r.applyChildren(ctx, pool, plan)
-		if obs.Blocked = asBlocked(err); obs.Blocked == nil && err != nil {
-			obs.ApplyErr = err
+		obs.failed(r.markPodsForScaleIn(ctx, pool, &obs))
+		dep, err := r.applyChildren(ctx, pool, plan)
+		if obs.Blocked = asBlocked(err); obs.Blocked == nil {
+			obs.failed(err)
+		}
+		if dep != nil {
+			obs.Deployment = dep // as written in this pass
 		}
 	}
-	if err := r.observe(ctx, pool, &obs); err != nil && obs.ApplyErr == nil {
-		obs.ApplyErr = err
-	}
+	obs.markCurrentPods()
 	if obs.ApplyErr != nil {
 		return ctrl.Result{}, obs.ApplyErr // retried with backoff
 	}
-	return refreshLater(r.StatusInterval), nil
+	requeue := r.StatusInterval
+	if pool.Spec.Autoscaling != nil && r.AutoscaleInterval > 0 {
+		requeue = min(requeue, r.AutoscaleInterval)
+	}
+	return refreshLater(requeue), nil
 }
 
 // refreshLater schedules the pool's periodic status refresh at low
@@ -121,23 +172,23 @@ func refreshLater(interval time.Duration) ctrl.Result {
 	return ctrl.Result{RequeueAfter: interval, Priority: ptr.To(handler.LowPriority)}
 }
 
-// observe reads what the status is computed from: the Deployment (if the
-// pass did not write it), the pool's pods, and their metrics.
+// observe reads what the pass decides on and the status is computed from:
+// the Deployment as cached, the pool's pods and their metrics, and the
+// pool's queues.
 func (r *WorkerPoolReconciler) observe(ctx context.Context, pool *v1.WorkerPool, obs *observation) error {
 	var errs []error
-	if obs.Deployment == nil {
-		dep := &appsv1.Deployment{}
-		switch err := r.Get(ctx, client.ObjectKeyFromObject(pool), dep); {
-		case apierrors.IsNotFound(err):
-		case err != nil:
-			errs = append(errs, fmt.Errorf("get Deployment: %w", err))
-		case metav1.IsControlledBy(dep, pool):
-			obs.Deployment = dep
-		}
+	dep := &appsv1.Deployment{}
+	switch err := r.Get(ctx, client.ObjectKeyFromObject(pool), dep); {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		errs = append(errs, fmt.Errorf("get Deployment: %w", err))
+	case metav1.IsControlledBy(dep, pool):
+		obs.Deployment = dep
 	}
-	template := ""
-	if obs.Deployment != nil {
-		template = obs.Deployment.Spec.Template.Annotations[v1.TemplateHashAnnotation]
+	if r.Queues != nil {
+		q := r.Queues.Read(ctx, pool)
+		obs.Queue = &q
+		r.Metrics.observeQueue(pool, q)
 	}
 	pods := &corev1.PodList{}
 	if err := r.listOfPool(ctx, pods, pool); err != nil {
@@ -152,7 +203,7 @@ func (r *WorkerPoolReconciler) observe(ctx context.Context, pool *v1.WorkerPool,
 		}
 		present[p.Name] = true
 		o := podObservation{Name: p.Name, Ready: podReady(p), Problem: diagnosePod(p),
-			Current: template != "" && p.Annotations[v1.TemplateHashAnnotation] == template}
+			template: p.Annotations[v1.TemplateHashAnnotation], deletionCost: p.Annotations[podDeletionCost]}
 		o.Running = !o.Ready && containersRunning(p)
 		if o.Ready || o.Running {
 			if t, err := targetFor(p); err != nil {
@@ -165,6 +216,65 @@ func (r *WorkerPoolReconciler) observe(ctx context.Context, pool *v1.WorkerPool,
 	}
 	r.scrape(ctx, pool, targets, present, obs)
 	return errors.Join(errs...)
+}
+
+// replicas is the pod count for this pass: the spec's, or with
+// spec.autoscaling (and not suspended) the autoscaler's decision from the
+// queue just read and the pods' last samples.
+func (r *WorkerPoolReconciler) replicas(pool *v1.WorkerPool, obs *observation) int32 {
+	a := pool.Spec.Autoscaling
+	if a == nil || pool.Spec.Suspend {
+		return specReplicas(pool)
+	}
+	in := scaleInputs{Now: obs.Now.Time}
+	switch {
+	case obs.Deployment != nil && obs.Deployment.Spec.Replicas != nil:
+		in.Current = *obs.Deployment.Spec.Replicas
+	case a.MinReplicas != nil:
+		in.Current = *a.MinReplicas // a new pool starts at its minimum
+	default:
+		in.Current = 1
+	}
+	if q := obs.Queue; q != nil && q.Err == nil {
+		in.BacklogKnown, in.Backlog, in.OldestReady = true, q.Backlog, q.OldestReady
+	}
+	agg := aggregate(obs.Pods)
+	if agg.covered() > 0 {
+		in.UtilKnown, in.InFlight, in.Capacity = true, agg.inFlight, agg.capacity
+	}
+	if agg.measured() && agg.maxSaturation >= saturationCritical(pool) {
+		in.Critical = agg.saturPod
+	}
+	d := decideReplicas(*a, in, r.scales.get(client.ObjectKeyFromObject(pool)))
+	obs.Scale = &d
+	r.Metrics.observeScale(pool, d)
+	return d.Desired
+}
+
+// markPodsForScaleIn gives each pod a deletion cost of its handlers in
+// flight before the pool scales in, so the ReplicaSet removes idle pods
+// first and busy ones keep their work (a removed pod drains all the same).
+func (r *WorkerPoolReconciler) markPodsForScaleIn(ctx context.Context, pool *v1.WorkerPool, obs *observation) error {
+	d := obs.Deployment
+	if d == nil || d.Spec.Replicas == nil || obs.Replicas >= *d.Spec.Replicas {
+		return nil
+	}
+	for _, p := range obs.Pods {
+		if p.Sample == nil {
+			continue // not ready or not read: the ReplicaSet removes such pods first anyway
+		}
+		cost := strconv.Itoa(int(count32(p.Sample.InFlight)))
+		if p.deletionCost == cost {
+			continue
+		}
+		patch := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:%q}}}`, podDeletionCost, cost)
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: pool.Namespace}}
+		if err := r.Patch(ctx, pod, client.RawPatch(types.MergePatchType, patch)); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("mark pod %s for scale-in: %w", p.Name, err)
+		}
+		r.Metrics.childWrite(pool, "Pod", "annotated")
+	}
+	return nil
 }
 
 // scrape reads the ready pods' metrics, unless the pool was read less than
@@ -278,7 +388,7 @@ func (r *WorkerPoolReconciler) writeStatus(ctx context.Context, pool *v1.WorkerP
 	}
 	ctrl.LoggerFrom(ctx).V(1).Info("status written", "ready", next.ReadyReplicas, "pending", next.FFI.PendingEvents,
 		"saturation", next.Dispatch.CompletionSaturationPercent)
-	r.emitEvents(pool, transitionEvents(pool.Status.Conditions, next.Conditions))
+	r.emitEvents(pool, statusEvents(pool.Status, next))
 	return result, passErr
 }
 

@@ -30,6 +30,14 @@ const (
 	ConditionBackpressure = "Backpressure"
 	// ConditionMetricsAvailable is False, naming the pods, when scrapes fail.
 	ConditionMetricsAvailable = "MetricsAvailable"
+	// ConditionScalingActive (with spec.autoscaling) is True while the
+	// autoscaler can measure what it scales on; False (BacklogUnavailable,
+	// Suspended) when it keeps the count as it is.
+	ConditionScalingActive = "ScalingActive"
+	// ConditionScalingLimited (with spec.autoscaling) is True when the count
+	// the targets ask for is held back: at minReplicas or maxReplicas, by a
+	// step limit, or held by backpressure from scaling in.
+	ConditionScalingLimited = "ScalingLimited"
 )
 
 // Condition reasons.
@@ -68,6 +76,28 @@ const (
 	// ReasonApplyFailed: a child could not be written for a reason that may
 	// pass (the API server unreachable, a timeout); the operator retries.
 	ReasonApplyFailed = "ApplyFailed"
+	// ReasonSuspended: spec.suspend scaled the pool to zero pods (Ready True,
+	// Reconciling False once they are gone).
+	ReasonSuspended = "Suspended"
+	// Reasons of ScalingActive and ScalingLimited.
+
+	// ReasonScalingActive: the autoscaler measured the queue and decided.
+	ReasonScalingActive = "ValidMetrics"
+	// ReasonBacklogUnavailable: the pool's queue could not be read (its
+	// Secret, the database); the replica count is kept as it is.
+	ReasonBacklogUnavailable = "BacklogUnavailable"
+	// ReasonTooFewReplicas, ReasonTooManyReplicas: held at minReplicas or
+	// maxReplicas.
+	ReasonTooFewReplicas  = "TooFewReplicas"
+	ReasonTooManyReplicas = "TooManyReplicas"
+	// ReasonScaleStepLimited: a behavior policy or window holds the change back.
+	ReasonScaleStepLimited = "ScaleStepLimited"
+	// ReasonHeldByBackpressure: not scaled in while a pod is at critical
+	// saturation or the handlers' utilisation is above its target.
+	ReasonHeldByBackpressure = "HeldByBackpressure"
+	// ReasonDesiredWithinRange: nothing holds the count back.
+	ReasonDesiredWithinRange = "DesiredWithinRange"
+
 	// ReasonNotStalled: nothing blocks the pool (Stalled False).
 	ReasonNotStalled = "NotStalled"
 	// ReasonStalled: Reconciling is False because progress is blocked; the

@@ -2,7 +2,9 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // Duration is a Go duration string ("30s", "500ms"). It is validated in the
@@ -13,17 +15,34 @@ import (
 type Duration string
 
 // WorkerPoolSpec declares a pool of Tasker step workers.
+//
+// Where a convenience field below and spec.template name the same thing, the
+// two must agree: setting both to different values is refused, naming both.
+// +kubebuilder:validation:XValidation:rule="has(self.image) || (has(self.template) && has(self.template.spec) && has(self.template.spec.containers) && self.template.spec.containers.exists(c, c.name == 'worker' && has(c.image)))",message="spec.image is required (or the image of the container named worker in spec.template)"
+// +kubebuilder:validation:XValidation:rule="!has(self.image) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.containers) || self.template.spec.containers.all(c, c.name != 'worker' || !has(c.image) || c.image == self.image)",message="spec.image and the image of the worker container in spec.template differ: set it in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.command) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.containers) || self.template.spec.containers.all(c, c.name != 'worker' || !has(c.command))",message="spec.command and the command of the worker container in spec.template are both set: set it in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.args) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.containers) || self.template.spec.containers.all(c, c.name != 'worker' || !has(c.args))",message="spec.args and the args of the worker container in spec.template are both set: set them in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.resources) || !(has(self.resources.limits) || has(self.resources.requests) || has(self.resources.claims)) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.containers) || self.template.spec.containers.all(c, c.name != 'worker' || !has(c.resources) || !(has(c.resources.limits) || has(c.resources.requests) || has(c.resources.claims)))",message="spec.resources and the resources of the worker container in spec.template are both set: set them in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.serviceAccountName) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.serviceAccountName) || self.template.spec.serviceAccountName == self.serviceAccountName",message="spec.serviceAccountName and spec.template.spec.serviceAccountName differ: set it in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.affinity) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.affinity)",message="spec.affinity and spec.template.spec.affinity are both set: set it in one place"
+// +kubebuilder:validation:XValidation:rule="!has(self.autoscaling) || !has(self.replicas) || self.replicas == 1",message="spec.replicas and spec.autoscaling are both set: with spec.autoscaling the operator sets the replica count (remove spec.replicas)"
 type WorkerPoolSpec struct {
-	// Replicas is the number of worker pods; also driven through /scale.
+	// Replicas is the number of worker pods; also driven through /scale
+	// (kubectl scale, an HPA, KEDA). Leave it unset with Autoscaling: its
+	// default (1) is then ignored.
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=1000
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
 
-	// Image is the worker image (tasker-worker, or a runtime embedding libtaskerworker).
+	// Image is the worker image (tasker-worker, or a runtime embedding
+	// libtaskerworker). Required unless the container named worker in
+	// Template sets it.
 	// +kubebuilder:validation:MinLength=1
-	Image string `json:"image"`
+	// +kubebuilder:validation:MaxLength=4096
+	// +optional
+	Image string `json:"image,omitempty"`
 
 	// ImagePullPolicy of the worker container.
 	// +kubebuilder:default=IfNotPresent
@@ -53,6 +72,7 @@ type WorkerPoolSpec struct {
 	// +optional
 	Affinity *corev1.Affinity `json:"affinity,omitempty"`
 	// ServiceAccountName the pods run as.
+	// +kubebuilder:validation:MaxLength=253
 	// +optional
 	ServiceAccountName string `json:"serviceAccountName,omitempty"`
 	// PodLabels are added to the pods (the pool's selector label is always set).
@@ -61,6 +81,35 @@ type WorkerPoolSpec struct {
 	// PodAnnotations are added to the pods.
 	// +optional
 	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
+
+	// Autoscaling lets the operator set the replica count from the pool's
+	// own queue and pods: the oldest ready step's wait, the backlog per
+	// replica, the handlers' utilisation. Absent: spec.replicas.
+	// +optional
+	Autoscaling *AutoscalingSpec `json:"autoscaling,omitempty"`
+
+	// Suspend scales the pool to zero pods and keeps everything else: its
+	// configuration, children and status. Setting it back to false restores
+	// the replica count.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+
+	// Template is the pods' template, for everything the fields above do not
+	// cover: image pull secrets, volumes and mounts, init containers and
+	// sidecars, security contexts, scheduling (topology spread, priority
+	// class), probes, lifecycle hooks. The operator merges its worker
+	// container into the container named "worker" (adding it if absent) and
+	// keeps whatever else the template sets; docs/operator.md has the rules.
+	// +optional
+	Template *corev1.PodTemplateSpec `json:"template,omitempty"`
+
+	// Rollout tunes how the Deployment replaces pods on a template change.
+	// +optional
+	Rollout *RolloutSpec `json:"rollout,omitempty"`
+
+	// Disruption is the pool's PodDisruptionBudget.
+	// +optional
+	Disruption *DisruptionSpec `json:"disruption,omitempty"`
 
 	// Queue is the PostgreSQL step queue the pool consumes.
 	Queue QueueSpec `json:"queue"`
@@ -79,6 +128,151 @@ type WorkerPoolSpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	Drain DrainSpec `json:"drain,omitempty"`
+}
+
+// AutoscalingSpec is the built-in autoscaler: the largest replica count any
+// target asks for, within [minReplicas, maxReplicas], changed at most as fast
+// as Behavior allows. docs/autoscaling.md describes every field.
+// +kubebuilder:validation:XValidation:rule="!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",message="spec.autoscaling.minReplicas must be at most spec.autoscaling.maxReplicas"
+// +kubebuilder:validation:XValidation:rule="has(self.targetOldestReadyAge) || has(self.targetBacklogPerReplica) || has(self.targetUtilizationPercent)",message="spec.autoscaling needs at least one target: targetOldestReadyAge, targetBacklogPerReplica or targetUtilizationPercent"
+type AutoscalingSpec struct {
+	// MinReplicas is the fewest pods (default 1). 0 lets an idle pool scale
+	// to zero (see behavior.scaleToZeroAfter); a ready step wakes it.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	MinReplicas *int32 `json:"minReplicas,omitempty"`
+	// MaxReplicas is the most pods.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	MaxReplicas int32 `json:"maxReplicas"`
+	// TargetOldestReadyAge: scale so that the oldest ready step of the
+	// pool's queues waits about this long.
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="spec.autoscaling.targetOldestReadyAge must be a positive duration such as 5s"
+	// +optional
+	TargetOldestReadyAge Duration `json:"targetOldestReadyAge,omitempty"`
+	// TargetBacklogPerReplica: scale so that each pod has about this many
+	// ready steps waiting.
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	TargetBacklogPerReplica *int32 `json:"targetBacklogPerReplica,omitempty"`
+	// TargetUtilizationPercent: scale so that the handlers in flight are
+	// about this share of the ready pods' capacity (maxConcurrentHandlers
+	// each). The pool is also never scaled in while above it.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	TargetUtilizationPercent *int32 `json:"targetUtilizationPercent,omitempty"`
+	// Behavior limits how fast the count changes.
+	// +optional
+	Behavior *AutoscalingBehavior `json:"behavior,omitempty"`
+}
+
+// AutoscalingBehavior is the HPA's model: a stabilisation window and the
+// largest step per period, for each direction.
+type AutoscalingBehavior struct {
+	// ScaleUp (default: no window; at most double, or add 4 pods, per 15s).
+	// +optional
+	ScaleUp *ScalingRules `json:"scaleUp,omitempty"`
+	// ScaleDown (default: the largest count asked for in the last 2m; at
+	// most halve per 30s).
+	// +optional
+	ScaleDown *ScalingRules `json:"scaleDown,omitempty"`
+	// ScaleToZeroAfter is how long a pool with minReplicas 0 must be idle
+	// (no ready step, nothing in flight) before it goes to zero (default 5m).
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s')",message="spec.autoscaling.behavior.scaleToZeroAfter must be a duration such as 5m"
+	// +optional
+	ScaleToZeroAfter Duration `json:"scaleToZeroAfter,omitempty"`
+}
+
+// ScalingRules are one direction's limits.
+type ScalingRules struct {
+	// StabilizationWindow: scaling up uses the smallest, scaling down the
+	// largest count asked for within this window, so a brief dip or spike
+	// does not move the pool.
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1h')",message="stabilizationWindow must be a duration between 0s and 1h"
+	// +optional
+	StabilizationWindow Duration `json:"stabilizationWindow,omitempty"`
+	// Policies cap the change per period; the one allowing the largest
+	// change applies. Empty: the direction's default.
+	// +kubebuilder:validation:MaxItems=4
+	// +listType=atomic
+	// +optional
+	Policies []ScalingPolicy `json:"policies,omitempty"`
+}
+
+// ScalingPolicy allows a change of Value pods, or Value percent of the
+// count at the period's start, per Period.
+type ScalingPolicy struct {
+	// Type is Pods or Percent.
+	// +kubebuilder:validation:Enum=Pods;Percent
+	Type string `json:"type"`
+	// Value is the number of pods or the percentage.
+	// +kubebuilder:validation:Minimum=1
+	Value int32 `json:"value"`
+	// Period is how long the change is counted over (e.g. 15s).
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('30m')",message="period must be a duration between 1s and 30m"
+	Period Duration `json:"period"`
+}
+
+// RolloutSpec is the Deployment's rolling update settings.
+// +kubebuilder:validation:XValidation:rule="!has(self.maxSurge) || !has(self.maxUnavailable) || !(string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])",message="spec.rollout: maxSurge and maxUnavailable cannot both be 0"
+type RolloutSpec struct {
+	// MaxSurge is how many pods above the replica count may exist during a
+	// rollout: a number or a percentage (default 25%).
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",message="spec.rollout.maxSurge must be a non-negative number or a percentage such as 25%"
+	// +optional
+	MaxSurge *intstr.IntOrString `json:"maxSurge,omitempty"`
+	// MaxUnavailable is how many pods may be unavailable during a rollout: a
+	// number or a percentage (default 25%).
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",message="spec.rollout.maxUnavailable must be a non-negative number or a percentage such as 25%"
+	// +optional
+	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
+	// MinReadySeconds is how long a new pod must be ready before it counts
+	// as available.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=3600
+	// +optional
+	MinReadySeconds int32 `json:"minReadySeconds,omitempty"`
+	// ProgressDeadlineSeconds is how long a rollout may make no progress
+	// before the pool is Stalled with reason ProgressDeadlineExceeded
+	// (default 600).
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	ProgressDeadlineSeconds *int32 `json:"progressDeadlineSeconds,omitempty"`
+}
+
+// DisruptionSpec is the pool's PodDisruptionBudget: how many pods voluntary
+// disruptions (node drains) may take down at once.
+// +kubebuilder:validation:XValidation:rule="!(has(self.maxUnavailable) && has(self.minAvailable))",message="spec.disruption: set maxUnavailable or minAvailable, not both"
+// +kubebuilder:validation:XValidation:rule="self.enabled || !(has(self.maxUnavailable) || has(self.minAvailable))",message="spec.disruption: maxUnavailable and minAvailable need enabled: true"
+type DisruptionSpec struct {
+	// Enabled: false gives the pool no PodDisruptionBudget at all.
+	// +kubebuilder:default=true
+	// +optional
+	Enabled bool `json:"enabled"`
+	// MaxUnavailable pods at most may be disrupted at once: a number or a
+	// percentage. Without it or MinAvailable, the pool gets maxUnavailable 1
+	// when it has more than one replica, and no budget with one.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",message="spec.disruption.maxUnavailable must be a non-negative number or a percentage such as 25%"
+	// +optional
+	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
+	// MinAvailable pods at least must stay up: a number or a percentage.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",message="spec.disruption.minAvailable must be a non-negative number or a percentage such as 50%"
+	// +optional
+	MinAvailable *intstr.IntOrString `json:"minAvailable,omitempty"`
+	// UnhealthyPodEvictionPolicy: AlwaysAllow (the default) lets pods that
+	// are not ready be evicted whatever the budget, so a crash-looping pool
+	// never blocks a node drain; IfHealthyBudget only while the budget holds.
+	// +kubebuilder:validation:Enum=AlwaysAllow;IfHealthyBudget
+	// +kubebuilder:default=AlwaysAllow
+	// +optional
+	UnhealthyPodEvictionPolicy policyv1.UnhealthyPodEvictionPolicyType `json:"unhealthyPodEvictionPolicy,omitempty"`
 }
 
 // QueueSpec is [worker.queue].
@@ -267,6 +461,37 @@ type PodMetrics struct {
 	Problem string `json:"problem,omitempty"`
 }
 
+// QueueStatus is the pool's queues as the operator measures them (once per
+// queue, also when the pool has no pods).
+type QueueStatus struct {
+	// Backlog is the steps ready to be claimed now, over the pool's queues.
+	// Counting stops at 100000 per queue (BacklogCapped): beyond that the
+	// figure is a floor.
+	Backlog int64 `json:"backlog"`
+	// BacklogCapped says Backlog reached the count's limit.
+	// +optional
+	BacklogCapped bool `json:"backlogCapped,omitempty"`
+	// OldestReadyAge is how long the oldest ready step has waited.
+	// +optional
+	OldestReadyAge string `json:"oldestReadyAge,omitempty"`
+	// MeasuredAt is when the queue was read.
+	// +optional
+	MeasuredAt *metav1.Time `json:"measuredAt,omitempty"`
+}
+
+// AutoscalingStatus is the built-in autoscaler's state.
+type AutoscalingStatus struct {
+	// DesiredReplicas is the count the autoscaler set.
+	DesiredReplicas int32 `json:"desiredReplicas"`
+	// LastDecision says what drove the last change, e.g. "oldest ready step
+	// waited 12s, target 5s: 2 → 4".
+	// +optional
+	LastDecision string `json:"lastDecision,omitempty"`
+	// LastScaleTime is when the count last changed.
+	// +optional
+	LastScaleTime *metav1.Time `json:"lastScaleTime,omitempty"`
+}
+
 // WorkerPoolStatus is what the operator observed: replica counts from the
 // Deployment and what each ready pod's /metrics reported.
 type WorkerPoolStatus struct {
@@ -297,6 +522,12 @@ type WorkerPoolStatus struct {
 	// SemaphoreAcquisitionFailures is the pods' dispatches without a permit.
 	// +optional
 	SemaphoreAcquisitionFailures int64 `json:"semaphoreAcquisitionFailures,omitempty"`
+	// Queue is the pool's backlog, read from its queues.
+	// +optional
+	Queue *QueueStatus `json:"queue,omitempty"`
+	// Autoscaling is the built-in autoscaler's state (with spec.autoscaling).
+	// +optional
+	Autoscaling *AutoscalingStatus `json:"autoscaling,omitempty"`
 	// LastScrapeTime is when the pods' metrics were last read. A pool is read
 	// at most once per status interval unless its set of ready pods changes.
 	// +optional
@@ -306,7 +537,8 @@ type WorkerPoolStatus struct {
 	// +optional
 	Pods []PodMetrics `json:"pods,omitempty"`
 	// Conditions: Ready, Reconciling, Stalled, Available, Progressing,
-	// Starving, Backpressure, MetricsAvailable (docs/operator.md has the table).
+	// Starving, Backpressure, MetricsAvailable, and with spec.autoscaling
+	// ScalingActive and ScalingLimited (docs/operator.md has the table).
 	// +listType=map
 	// +listMapKey=type
 	// +optional
@@ -322,6 +554,8 @@ type WorkerPoolStatus struct {
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Replicas",type=string,JSONPath=`.status.readyReplicas`
+// +kubebuilder:printcolumn:name="Backlog",type=integer,JSONPath=`.status.queue.backlog`
+// +kubebuilder:printcolumn:name="Waited",type=string,JSONPath=`.status.queue.oldestReadyAge`
 // +kubebuilder:printcolumn:name="Pending",type=integer,JSONPath=`.status.ffi.pendingEvents`
 // +kubebuilder:printcolumn:name="Oldest",type=string,JSONPath=`.status.ffi.oldestPendingAge`
 // +kubebuilder:printcolumn:name="Saturation",type=integer,JSONPath=`.status.dispatch.completionSaturationPercent`

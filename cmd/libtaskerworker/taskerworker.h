@@ -56,9 +56,11 @@ extern "C" {
  * enabled. Applies the queue schema, starts the metrics server. */
 int taskerworker_start(char* config, char* database_url);
 
-/* Stop the worker: stop claiming, return unpolled steps to the queue, wait
- * for pending events to be completed until timeout_ms (<= 0: the configured
- * drain timeout), flush results. */
+/* Stop the worker: stop claiming, return unpolled steps to the queue (their
+ * attempt given back), wait for pending events to be completed, flush
+ * results; all within timeout_ms (<= 0: the configured drain timeout). A
+ * polled event still pending then is retried later as ffi_abandoned, its
+ * attempt counted. */
 int taskerworker_stop(int timeout_ms);
 
 /* Take the next step event without blocking. On TASKERWORKER_OK *event_json
@@ -103,7 +105,10 @@ int taskerworker_complete_batch(char* event_ids, char* results_json, char** outc
 /* FFI channel metrics as JSON: pending_count, oldest_pending_age_ms and
  * newest_pending_age_ms (null when nothing is pending), oldest_event_id
  * (absent when nothing is pending), starvation_detected,
- * starving_event_count (also exported on /metrics). */
+ * starving_event_count; unpolled_count and oldest_unpolled_age_ms (null when
+ * none) for events waiting to be polled, last_poll_age_ms, poller_stalled
+ * (events wait and no poll for longer than the starvation threshold). Also
+ * exported on /metrics. */
 int taskerworker_metrics(char** metrics_json);
 
 /* Log a warning per pending event older than the starvation threshold and

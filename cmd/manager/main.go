@@ -40,6 +40,8 @@ type options struct {
 	reconcilers             int
 	qps                     float64
 	burst                   int
+	readQueues              bool
+	autoscaleInterval       time.Duration
 }
 
 func main() {
@@ -59,6 +61,8 @@ func main() {
 	fs.IntVar(&o.reconcilers, "max-concurrent-reconciles", 4, "WorkerPools reconciled in parallel.")
 	fs.Float64Var(&o.qps, "kube-api-qps", 0, "Client-side limit on requests per second to the API server; 0 leaves it to the server's API Priority and Fairness (controller-runtime's default). Creating a pool takes about five requests.")
 	fs.IntVar(&o.burst, "kube-api-burst", 0, "Burst above --kube-api-qps (default twice the QPS).")
+	fs.BoolVar(&o.readQueues, "read-queues", true, "Read each pool's queue backlog from its database (through the Secret spec.queue.databaseSecretRef names: needs get on secrets) for status.queue and spec.autoscaling; false turns both off.")
+	fs.DurationVar(&o.autoscaleInterval, "autoscale-interval", 2*time.Second, "How often a pool with spec.autoscaling is measured and decided on: the autoscaler's reaction time to a burst.")
 	zo := zap.Options{}
 	zo.BindFlags(fs)
 	flag.Parse()
@@ -83,6 +87,9 @@ func (o options) validate() error {
 	}
 	if o.qps < 0 || o.burst < 0 {
 		errs = append(errs, fmt.Errorf("--kube-api-qps=%v --kube-api-burst=%d: must not be negative", o.qps, o.burst))
+	}
+	if o.autoscaleInterval < 500*time.Millisecond {
+		errs = append(errs, fmt.Errorf("--autoscale-interval=%s: must be at least 500ms", o.autoscaleInterval))
 	}
 	if o.reconcilers < 1 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-reconciles=%d: must be at least 1", o.reconcilers))
@@ -146,13 +153,22 @@ func run(o options) error {
 	if err != nil {
 		return fmt.Errorf("register pool metrics: %w", err)
 	}
+	var queues *controllers.QueueReader
+	if o.readQueues {
+		// A reading is reused for most of the autoscale interval, so every
+		// pool of a queue shares one query per interval.
+		queues = &controllers.QueueReader{Secrets: mgr.GetAPIReader(), MaxAge: o.autoscaleInterval * 3 / 4, Timeout: 5 * time.Second}
+		defer queues.Close()
+	}
 	r := &controllers.WorkerPoolReconciler{
-		Client:         mgr.GetClient(),
-		APIReader:      mgr.GetAPIReader(),
-		Recorder:       mgr.GetEventRecorder(controllers.FieldOwner),
-		Scraper:        controllers.NewScraper(o.scrapeTimeout, o.scrapeConcurrency),
-		Metrics:        poolMetrics,
-		StatusInterval: o.statusInterval,
+		Client:            mgr.GetClient(),
+		APIReader:         mgr.GetAPIReader(),
+		Queues:            queues,
+		AutoscaleInterval: o.autoscaleInterval,
+		Recorder:          mgr.GetEventRecorder(controllers.FieldOwner),
+		Scraper:           controllers.NewScraper(o.scrapeTimeout, o.scrapeConcurrency),
+		Metrics:           poolMetrics,
+		StatusInterval:    o.statusInterval,
 	}
 	if err := r.SetupWithManager(mgr, o.reconcilers); err != nil {
 		return fmt.Errorf("set up WorkerPool controller: %w", err)
@@ -171,6 +187,6 @@ func run(o options) error {
 		return fmt.Errorf("add ready check: %w", err)
 	}
 	log.Info("starting operator", "watchNamespaces", namespaces(o.watchNamespaces), "statusInterval", o.statusInterval,
-		"scrapeTimeout", o.scrapeTimeout, "leaderElection", o.leaderElect)
+		"scrapeTimeout", o.scrapeTimeout, "leaderElection", o.leaderElect, "readQueues", o.readQueues, "autoscaleInterval", o.autoscaleInterval)
 	return mgr.Start(ctrl.SetupSignalHandler())
 }

@@ -172,23 +172,14 @@ func eventually(t *testing.T, what string, timeout time.Duration, cond func() bo
 	}
 }
 
-func stateCounts(t *testing.T, e *env) map[string]int {
+// stateCounts reads step counts by state (queue.CountByState).
+func stateCounts(t *testing.T, e *env) map[queue.State]int {
 	t.Helper()
-	rows, err := e.pool.Query(context.Background(), `SELECT state, count(*) FROM tasker_steps GROUP BY state`)
+	c, err := e.q.CountByState(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
-	out := map[string]int{}
-	for rows.Next() {
-		var s string
-		var n int
-		if err := rows.Scan(&s, &n); err != nil {
-			t.Fatal(err)
-		}
-		out[s] = n
-	}
-	return out
+	return c
 }
 
 func enqueueSleeps(t *testing.T, e *env, n int, ms int) {

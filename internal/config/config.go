@@ -184,7 +184,39 @@ type Queue struct {
 	// is extended while their handlers run, so a long handler does not lose
 	// its message to another worker. 0 means visibility_timeout_ms / 3.
 	HeartbeatIntervalMS int64 `toml:"heartbeat_interval_ms"`
+	// Retention deletes finished steps; see [Retention].
+	Retention Retention `toml:"retention"`
 }
+
+// Retention is [worker.queue.retention]. Completed and dead steps would
+// otherwise stay in the queue table for ever, and a table that only grows
+// slows every claim and vacuum. Each worker runs retention every
+// interval_ms; an advisory lock makes one of them delete at a time, in
+// batches of batch_size rows so no statement holds locks for long.
+type Retention struct {
+	// Enabled turns retention on (the default). Turn it off only if
+	// something else deletes finished steps.
+	Enabled bool `toml:"enabled"`
+	// CompletedAfterMS is how long a completed step is kept after it
+	// completed.
+	CompletedAfterMS int64 `toml:"completed_after_ms"`
+	// DeadAfterMS is how long a dead step is kept after it died: long
+	// enough for someone to look at it and requeue it.
+	DeadAfterMS int64 `toml:"dead_after_ms"`
+	// BatchSize is the most rows one DELETE removes.
+	BatchSize int `toml:"batch_size"`
+	// IntervalMS is the time between retention passes.
+	IntervalMS int64 `toml:"interval_ms"`
+}
+
+// CompletedAfter returns completed_after_ms as a Duration.
+func (r Retention) CompletedAfter() time.Duration { return ms(r.CompletedAfterMS) }
+
+// DeadAfter returns dead_after_ms as a Duration.
+func (r Retention) DeadAfter() time.Duration { return ms(r.DeadAfterMS) }
+
+// Interval returns interval_ms as a Duration.
+func (r Retention) Interval() time.Duration { return ms(r.IntervalMS) }
 
 // VisibilityTimeout returns visibility_timeout_ms as a Duration.
 func (q Queue) VisibilityTimeout() time.Duration { return ms(q.VisibilityTimeoutMS) }
@@ -267,6 +299,13 @@ func Default() Config {
 			PollIntervalMS:      500,
 			MaxAttempts:         5,
 			HeartbeatIntervalMS: 0,
+			Retention: Retention{
+				Enabled:          true,
+				CompletedAfterMS: 24 * 60 * 60 * 1000,     // 24 h
+				DeadAfterMS:      7 * 24 * 60 * 60 * 1000, // 7 days
+				BatchSize:        1000,
+				IntervalMS:       60 * 1000,
+			},
 		},
 		LoadShedding: LoadShedding{
 			WarningThresholdPercent: 70,

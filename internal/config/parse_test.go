@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParsePartialKeepsDefaults(t *testing.T) {
@@ -191,6 +192,32 @@ timeout = 1
 	}
 }
 
+// The retention table parses strictly like every other table: its keys are
+// read, an unknown one is named with the keys it accepts, a wrong type names
+// the key.
+func TestParseRetention(t *testing.T) {
+	cfg, err := Parse([]byte("[worker.queue.retention]\ncompleted_after_ms = 3600000\ndead_after_ms = 86400000\nbatch_size = 50\ninterval_ms = 250\nenabled = false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := cfg.Worker.Queue.Retention; r != (Retention{Enabled: false, CompletedAfterMS: 3600000, DeadAfterMS: 86400000, BatchSize: 50, IntervalMS: 250}) {
+		t.Fatalf("retention = %+v", r)
+	}
+	if d := Default().Worker.Queue.Retention; !d.Enabled || d.CompletedAfter() != 24*time.Hour || d.DeadAfter() != 7*24*time.Hour ||
+		d.BatchSize != 1000 || d.Interval() != time.Minute {
+		t.Fatalf("default retention = %+v", d)
+	}
+	_, err = Parse([]byte("[worker.queue.retention]\ncompleted_after = 5\n"))
+	if err == nil || !strings.Contains(err.Error(), "unknown key worker.queue.retention.completed_after") ||
+		!strings.Contains(err.Error(), "accepted keys: enabled, completed_after_ms, dead_after_ms, batch_size, interval_ms") {
+		t.Fatalf("unknown retention key: %v", err)
+	}
+	_, err = Parse([]byte("[worker.queue.retention]\ndead_after_ms = \"7d\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "wrong type for worker.queue.retention.dead_after_ms") {
+		t.Fatalf("wrong retention type: %v", err)
+	}
+}
+
 func TestParseLimits(t *testing.T) {
 	var many strings.Builder
 	many.WriteString("[worker.queue]\n")
@@ -346,6 +373,8 @@ func nonDefault() Config {
 			PollIntervalMS:      250,
 			MaxAttempts:         8,
 			HeartbeatIntervalMS: 20000,
+			Retention: Retention{Enabled: false, CompletedAfterMS: 3600000, DeadAfterMS: 30 * 24 * 3600000,
+				BatchSize: 250, IntervalMS: 15000},
 		},
 		LoadShedding: LoadShedding{WarningThresholdPercent: 60, RefuseThresholdPercent: 95},
 		Drain:        Drain{TimeoutMS: 300000},
@@ -409,6 +438,7 @@ func TestRenderLayout(t *testing.T) {
 		"[worker.mpsc_channels.handler_dispatch]\n",
 		"[worker.mpsc_channels.ffi_dispatch]\n",
 		"[worker.queue]\n",
+		"[worker.queue.retention]\n",
 		"[worker.load_shedding]\n",
 		"[worker.drain]\n",
 		"[worker.http]\n",

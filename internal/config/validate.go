@@ -26,6 +26,12 @@ const (
 	// MaxNamespaceLength is the longest queue namespace; it keeps the name
 	// usable as a PostgreSQL identifier suffix and a Kubernetes label value.
 	MaxNamespaceLength = 63
+	// MaxRetentionMS bounds the retention ages at 366 days: dead steps are
+	// kept for days, so the 24 h bound of other _ms keys is too short.
+	MaxRetentionMS = 366 * 24 * 60 * 60 * 1000
+	// MaxRetentionBatchSize bounds worker.queue.retention.batch_size, so
+	// one DELETE never holds locks on more rows than this.
+	MaxRetentionBatchSize = 100_000
 )
 
 const (
@@ -33,6 +39,7 @@ const (
 	keyFFI     = "worker.mpsc_channels.ffi_dispatch."
 	keyQueue   = "worker.queue."
 	keyShed    = "worker.load_shedding."
+	keyRetain  = "worker.queue.retention."
 )
 
 // Validate checks every range and cross-key rule and returns all problems at
@@ -130,6 +137,12 @@ func (c Config) Validate() error {
 			"must be 0 (meaning visibility_timeout_ms / 3) or between 1 and visibility_timeout_ms - 1 (%d), "+
 				"or messages become visible to other workers between heartbeats", q.VisibilityTimeoutMS-1)
 	}
+
+	r := q.Retention
+	between(keyRetain+"completed_after_ms", r.CompletedAfterMS, 1, MaxRetentionMS)
+	between(keyRetain+"dead_after_ms", r.DeadAfterMS, 1, MaxRetentionMS)
+	between(keyRetain+"batch_size", int64(r.BatchSize), 1, MaxRetentionBatchSize)
+	timeout(keyRetain+"interval_ms", r.IntervalMS)
 
 	l := c.Worker.LoadShedding
 	between(keyShed+"warning_threshold_percent", int64(l.WarningThresholdPercent), 1, 100)

@@ -127,6 +127,19 @@ func TestValidate(t *testing.T) {
 			[]string{"worker.queue.max_attempts = 0", "between 1 and 1000"}},
 		{"max_attempts too big", func(c *Config) { c.Worker.Queue.MaxAttempts = 1001 },
 			[]string{"worker.queue.max_attempts = 1001", "between 1 and 1000"}},
+		{"retention completed_after_ms 0", func(c *Config) { c.Worker.Queue.Retention.CompletedAfterMS = 0 },
+			[]string{"worker.queue.retention.completed_after_ms = 0", "between 1 and 31622400000"}},
+		{"retention dead_after_ms over a year", func(c *Config) { c.Worker.Queue.Retention.DeadAfterMS = MaxRetentionMS + 1 },
+			[]string{"worker.queue.retention.dead_after_ms = 31622400001", "between 1 and 31622400000"}},
+		{"retention dead_after_ms 30 days ok", func(c *Config) { c.Worker.Queue.Retention.DeadAfterMS = 30 * 24 * 3600000 }, nil},
+		{"retention batch_size 0", func(c *Config) { c.Worker.Queue.Retention.BatchSize = 0 },
+			[]string{"worker.queue.retention.batch_size = 0", "between 1 and 100000"}},
+		{"retention interval_ms 0", func(c *Config) { c.Worker.Queue.Retention.IntervalMS = 0 },
+			[]string{"worker.queue.retention.interval_ms = 0", "between 1 and 86400000"}},
+		{"retention disabled still validated", func(c *Config) {
+			c.Worker.Queue.Retention.Enabled = false
+			c.Worker.Queue.Retention.BatchSize = -5
+		}, []string{"worker.queue.retention.batch_size = -5"}},
 		{"heartbeat negative", func(c *Config) { c.Worker.Queue.HeartbeatIntervalMS = -1 },
 			[]string{"worker.queue.heartbeat_interval_ms = -1", "must be 0 (meaning visibility_timeout_ms / 3) or between 1 and visibility_timeout_ms - 1 (29999)"}},
 		{"heartbeat equals visibility timeout", func(c *Config) { c.Worker.Queue.HeartbeatIntervalMS = 30000 },

@@ -52,7 +52,7 @@ func benchDispatch(b *testing.B, concurrency int, cb PostHandlerCallback) {
 	monCtx, stopMon := context.WithCancel(context.Background())
 	defer stopMon()
 	go mon.Watch(monCtx, 0)
-	svc := NewHandlerDispatchService(ServiceConfig{MaxConcurrentHandlers: concurrency, Callback: cb}, r, dispatch, completion, m, log)
+	svc := NewHandlerDispatchService(ServiceConfig{MaxConcurrentHandlers: concurrency}, r, dispatch, completion, m, log)
 	if err := svc.RegisterMetrics(reg); err != nil {
 		b.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func benchDispatch(b *testing.B, concurrency int, cb PostHandlerCallback) {
 		persisted.Add(-len(batch))
 		return nil
 	})
-	proc := NewCompletionProcessor(ProcessorConfig{}, completion, sink, m, log)
+	proc := NewCompletionProcessor(ProcessorConfig{Callbacks: NewCallbackRunner(cb, "", 0, 0, DefaultServiceID, m, log)}, completion, sink, m, log)
 	go func() { _ = svc.Run(context.Background()) }()
 	procDone := make(chan struct{})
 	go func() { _ = proc.Run(context.Background()); close(procDone) }()

@@ -3,15 +3,19 @@ package dispatch
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
+
+	"github.com/seed-a17b38e7/workerpool-operator/internal/lograte"
 )
 
 // PostHandlerCallback is the domain-event hook that runs after a step's result
-// has been handed to the completion channel. It never runs for a result that
-// could not be sent, and nothing it does (slowness, a panic) changes the step.
+// is durable: persisted, and applied to the step (not fenced out by a newer
+// claim). It never runs for a result that was not persisted, and nothing it
+// does (slowness, a panic) changes the step.
 type PostHandlerCallback interface {
 	OnHandlerComplete(ctx context.Context, step *StepMessage, result *StepExecutionResult, serviceID string)
 }
@@ -24,9 +28,10 @@ func (f CallbackFunc) OnHandlerComplete(ctx context.Context, step *StepMessage, 
 	f(ctx, step, result, serviceID)
 }
 
-// CallbackStrategy chooses how long the completing caller waits for the
-// callback. It matters most for foreign threads (seed risk 4): a callback that
-// blocks on a lock the foreign caller holds deadlocks under Blocking.
+// CallbackStrategy chooses how long the completion processor waits for the
+// callback of a result it has just made durable. A foreign thread's Complete
+// never waits for a callback under any strategy, so no callback can deadlock
+// a foreign caller (seed risk 4).
 type CallbackStrategy string
 
 // The seed's three strategies.
@@ -53,24 +58,34 @@ func ParseCallbackStrategy(s string) (CallbackStrategy, error) {
 // DefaultCallbackTimeout bounds callbacks when no timeout is configured.
 const DefaultCallbackTimeout = 5 * time.Second
 
-// CallbackRunner runs a PostHandlerCallback under a strategy. Both the native
-// dispatch service and the FFI channel use it, so the guarantees are the
-// same on both paths.
+// DefaultMaxBackgroundCallbacks bounds the callbacks running in the
+// background at once: every FireAndForget callback, and BlockingWithTimeout
+// callbacks still running after their timeout.
+const DefaultMaxBackgroundCallbacks = 1024
+
+// CallbackRunner runs a PostHandlerCallback under a strategy. Background
+// callbacks are bounded (a callback that ignores its context cannot pile up
+// goroutines without limit) and can be awaited at drain.
 type CallbackRunner struct {
-	callback  PostHandlerCallback
-	strategy  CallbackStrategy
-	timeout   time.Duration
-	serviceID string
-	metrics   *Metrics
-	log       logr.Logger
-	running   atomic.Int64
+	callback   PostHandlerCallback
+	strategy   CallbackStrategy
+	timeout    time.Duration
+	serviceID  string
+	metrics    *Metrics
+	log        logr.Logger
+	running    atomic.Int64
+	slots      chan struct{} // one per background goroutine
+	background sync.WaitGroup
+	skipLog    *lograte.Limiter
 }
 
 // NewCallbackRunner returns nil when cb is nil; a nil runner's Run does
 // nothing, so the hot path pays nothing when no callback is configured. An
 // empty strategy means FireAndForget; a non-positive timeout means
-// DefaultCallbackTimeout.
-func NewCallbackRunner(cb PostHandlerCallback, strategy CallbackStrategy, timeout time.Duration, serviceID string, metrics *Metrics, log logr.Logger) *CallbackRunner {
+// DefaultCallbackTimeout; a non-positive maxBackground means
+// DefaultMaxBackgroundCallbacks.
+func NewCallbackRunner(cb PostHandlerCallback, strategy CallbackStrategy, timeout time.Duration, maxBackground int,
+	serviceID string, metrics *Metrics, log logr.Logger) *CallbackRunner {
 	if cb == nil {
 		return nil
 	}
@@ -80,7 +95,11 @@ func NewCallbackRunner(cb PostHandlerCallback, strategy CallbackStrategy, timeou
 	if timeout <= 0 {
 		timeout = DefaultCallbackTimeout
 	}
-	return &CallbackRunner{callback: cb, strategy: strategy, timeout: timeout, serviceID: serviceID, metrics: metrics, log: log}
+	if maxBackground <= 0 {
+		maxBackground = DefaultMaxBackgroundCallbacks
+	}
+	return &CallbackRunner{callback: cb, strategy: strategy, timeout: timeout, serviceID: serviceID, metrics: metrics, log: log,
+		slots: make(chan struct{}, maxBackground), skipLog: lograte.New(10, 10*time.Second)}
 }
 
 // Running is the number of callbacks still executing (including background
@@ -92,9 +111,11 @@ func (r *CallbackRunner) Running() int64 {
 	return r.running.Load()
 }
 
-// Run invokes the callback for a result that was already sent. It returns
-// when the strategy allows: after the callback (Blocking), after the callback
-// or the timeout (BlockingWithTimeout), or at once (FireAndForget).
+// Run invokes the callback for a result that is durable. It returns when the
+// strategy allows: after the callback (Blocking), after the callback or the
+// timeout (BlockingWithTimeout), or once the callback has a background slot
+// (FireAndForget). When every background slot stays taken for the callback
+// timeout, the callback is skipped and counted as timed out.
 func (r *CallbackRunner) Run(step *StepMessage, result *StepExecutionResult) {
 	if r == nil {
 		return
@@ -107,10 +128,13 @@ func (r *CallbackRunner) Run(step *StepMessage, result *StepExecutionResult) {
 		s, res := *step, *result
 		done := make(chan struct{})
 		ctx, cancel := context.WithCancel(context.Background())
-		go func() {
+		if !r.goBackground(step, func() {
 			defer close(done)
 			r.invoke(ctx, &s, &res)
-		}()
+		}) {
+			cancel()
+			return
+		}
 		t := time.NewTimer(r.timeout)
 		select {
 		case <-done:
@@ -121,7 +145,55 @@ func (r *CallbackRunner) Run(step *StepMessage, result *StepExecutionResult) {
 		cancel()
 	default: // FireAndForget
 		s, res := *step, *result
-		go r.runBounded(&s, &res)
+		r.goBackground(step, func() { r.runBounded(&s, &res) })
+	}
+}
+
+// goBackground runs f on a new goroutine once a background slot is free,
+// waiting at most the callback timeout for one. It reports whether f runs.
+func (r *CallbackRunner) goBackground(step *StepMessage, f func()) bool {
+	select {
+	case r.slots <- struct{}{}:
+	default:
+		t := time.NewTimer(r.timeout)
+		select {
+		case r.slots <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			r.metrics.CallbackTimeouts.Inc()
+			if r.skipLog.Allow() {
+				r.log.Info("post-handler callback skipped: every background slot stayed busy for the callback timeout; domain events for this step are missing",
+					"serviceId", r.serviceID, "stepUuid", step.StepUUID, "maxBackground", cap(r.slots), "timeout", r.timeout,
+					"suppressedSinceLast", r.skipLog.Suppressed())
+			}
+			return false
+		}
+	}
+	r.background.Add(1)
+	go func() {
+		defer func() {
+			<-r.slots
+			r.background.Done()
+		}()
+		f()
+	}()
+	return true
+}
+
+// Wait waits until no callback runs in the background any more, or ctx ends;
+// it returns how many were still running then. The worker's drain calls it
+// so that callbacks of results settled during the drain still finish.
+func (r *CallbackRunner) Wait(ctx context.Context) int {
+	if r == nil {
+		return 0
+	}
+	done := make(chan struct{})
+	go func() { r.background.Wait(); close(done) }()
+	select {
+	case <-done:
+		return 0
+	case <-ctx.Done():
+		return len(r.slots)
 	}
 }
 

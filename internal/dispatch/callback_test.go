@@ -11,12 +11,16 @@ import (
 )
 
 func newRunner(t *testing.T, cb PostHandlerCallback, s CallbackStrategy, timeout time.Duration) (*CallbackRunner, *Metrics) {
+	return newBoundedRunner(t, cb, s, timeout, 0)
+}
+
+func newBoundedRunner(t *testing.T, cb PostHandlerCallback, s CallbackStrategy, timeout time.Duration, maxBackground int) (*CallbackRunner, *Metrics) {
 	t.Helper()
 	m, err := NewMetrics(prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewCallbackRunner(cb, s, timeout, "test", m, testLogger(t)), m
+	return NewCallbackRunner(cb, s, timeout, maxBackground, "test", m, testLogger(t)), m
 }
 
 // blocker is a callback that blocks until released (ignoring its context) and
@@ -176,5 +180,48 @@ func TestParseCallbackStrategy(t *testing.T) {
 	}
 	if _, err := ParseCallbackStrategy("blocking"); err == nil || !contains(err.Error(), "want one of Blocking, BlockingWithTimeout, FireAndForget") {
 		t.Errorf("bad strategy error: %v", err)
+	}
+}
+
+// FireAndForget callbacks are bounded: with every background slot held by a
+// callback that ignores its context, the next one waits at most the callback
+// timeout, is then skipped and counted; Wait returns once the background
+// callbacks have finished.
+func TestFireAndForgetIsBoundedAndAwaited(t *testing.T) {
+	var mu sync.Mutex
+	ran := 0
+	release := make(chan struct{})
+	cb := CallbackFunc(func(context.Context, *StepMessage, *StepExecutionResult, string) {
+		mu.Lock()
+		ran++
+		mu.Unlock()
+		<-release // ignores its context
+	})
+	r, m := newBoundedRunner(t, cb, CallbackFireAndForget, 50*time.Millisecond, 2)
+	step, res := &StepMessage{StepUUID: "s"}, &StepExecutionResult{StepUUID: "s", Success: true}
+	r.Run(step, res)
+	r.Run(step, res)
+	waitFor(t, "two callbacks running", 5*time.Second, func() bool { return r.Running() == 2 })
+	r.Run(step, res) // no slot frees up within the timeout: skipped
+	if r.Running() != 2 {
+		t.Fatalf("%d callbacks running, want at most 2", r.Running())
+	}
+	// Two timed out in the background, one skipped.
+	waitFor(t, "timeouts counted", 5*time.Second, func() bool { return testutil.ToFloat64(m.CallbackTimeouts) == 3 })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	if left := r.Wait(ctx); left != 2 {
+		t.Fatalf("Wait with callbacks still blocked: %d left, want 2", left)
+	}
+	cancel()
+	close(release)
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if left := r.Wait(ctx); left != 0 {
+		t.Fatalf("Wait after release: %d left", left)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if ran != 2 {
+		t.Fatalf("callback ran %d times, want 2 (the third was skipped)", ran)
 	}
 }

@@ -15,7 +15,8 @@ import (
 // several goroutines at once and must not keep the batch slice, which is
 // reused. An error means nothing in the batch may be assumed durable; the
 // processor retries the whole batch, so Persist must be idempotent (the
-// queue's fencing tokens make a repeated settle a no-op).
+// queue's fencing tokens make a repeated settle a no-op). On success it sets
+// Fenced on every completion that did not settle its step.
 type ResultSink interface {
 	Persist(ctx context.Context, batch []*Completion) error
 }
@@ -37,11 +38,15 @@ type ProcessorConfig struct {
 	// RetryInitial and RetryMax bound the backoff between persist attempts
 	// (defaults 10 ms and 5 s).
 	RetryInitial, RetryMax time.Duration
+	// Callbacks, when set, runs the post-handler callback of every result
+	// once it is durable and was not fenced (see Completion.Fenced).
+	Callbacks *CallbackRunner
 }
 
 // CompletionProcessor drains the completion channel into a ResultSink with
-// bounded parallelism, retrying a failing sink with backoff, and counts
-// results by outcome once they are durable.
+// bounded parallelism, retrying a failing sink with backoff, and, once
+// results are durable, runs their post-handler callbacks and counts them by
+// outcome.
 type CompletionProcessor struct {
 	cfg     ProcessorConfig
 	in      <-chan *Completion
@@ -129,6 +134,13 @@ func (p *CompletionProcessor) work(ctx context.Context) int {
 		}
 		if !p.persist(ctx, batch) {
 			return len(batch) + p.drainCount()
+		}
+		if p.cfg.Callbacks != nil {
+			for _, c := range batch {
+				if !c.Fenced {
+					p.cfg.Callbacks.Run(&c.Message, &c.Result)
+				}
+			}
 		}
 		p.count(batch)
 		clear(batch) // drop references to payloads and results

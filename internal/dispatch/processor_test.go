@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -126,5 +127,67 @@ func TestProcessorReportsUnpersistedOnDeadline(t *testing.T) {
 	err := p.Run(ctx)
 	if err == nil || !contains(err.Error(), "5 results not persisted") {
 		t.Fatalf("want 5 unpersisted reported, got %v", err)
+	}
+}
+
+// Post-handler callbacks run after the result is durable: for each persisted
+// result the sink did not fence, never for a fenced one, never for a result
+// that was not persisted.
+func TestCallbacksRunOnlyForDurableResults(t *testing.T) {
+	fired := make(chan string, 8)
+	cb := CallbackFunc(func(_ context.Context, s *StepMessage, r *StepExecutionResult, svc string) {
+		fired <- s.StepUUID + "/" + string(r.Outcome()) + "/" + svc
+	})
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runner := NewCallbackRunner(cb, CallbackBlocking, 0, 0, "svc", m, testLogger(t))
+	var persisting sync.WaitGroup
+	persisting.Add(1)
+	unblock := make(chan struct{})
+	sink := ResultSinkFunc(func(ctx context.Context, batch []*Completion) error {
+		for _, c := range batch {
+			switch c.Message.StepUUID {
+			case "step-2":
+				c.Fenced = true // re-claimed elsewhere: not applied
+			case "step-3":
+				persisting.Done()
+				select { // the database never answers
+				case <-unblock:
+				case <-ctx.Done():
+				}
+				return errors.New("database unavailable")
+			}
+		}
+		return nil
+	})
+	ch := make(chan *Completion, 4)
+	p := NewCompletionProcessor(ProcessorConfig{Parallelism: 1, Callbacks: runner}, ch, sink, m, testLogger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	for i := 1; i <= 2; i++ {
+		ch <- &Completion{Message: msg(i, "x"), Result: SuccessResult(fmt.Sprintf("step-%d", i), nil, 0)}
+	}
+	select {
+	case got := <-fired:
+		if got != "step-1/success/svc" {
+			t.Fatalf("callback saw %q", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no callback for a persisted result")
+	}
+	ch <- &Completion{Message: msg(3, "x"), Result: SuccessResult("step-3", nil, 0)}
+	persisting.Wait()
+	cancel() // the drain deadline: step-3 is abandoned, never persisted
+	if err := <-done; err == nil {
+		t.Fatal("Run reported nothing abandoned")
+	}
+	close(unblock)
+	select {
+	case got := <-fired:
+		t.Fatalf("callback fired for a fenced or unpersisted result: %q", got)
+	default:
 	}
 }

@@ -14,6 +14,8 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/seed-a17b38e7/workerpool-operator/internal/lograte"
 )
 
 // maxIdleWorkers bounds how many parked handler goroutines are kept for reuse
@@ -41,13 +43,13 @@ type ServiceConfig struct {
 	// CompletionSendTimeout bounds how long a result waits for room in the
 	// completion channel before it is counted as undelivered.
 	CompletionSendTimeout time.Duration
-	// Callback, when set, runs after each delivered result under
-	// CallbackStrategy, bounded by CallbackTimeout.
-	Callback PostHandlerCallback
-	// CallbackStrategy is how long the delivering goroutine waits for it.
-	CallbackStrategy CallbackStrategy
-	// CallbackTimeout bounds the callback (except under Blocking).
-	CallbackTimeout time.Duration
+	// Undelivered, when set, receives every completion whose result could
+	// not be sent within CompletionSendTimeout, so that its owner can give
+	// the step back to its queue (the worker settles it as a retryable
+	// failure and stops heartbeating its claim). It must not block for long:
+	// it runs on the handler's goroutine. Without it the result is dropped
+	// and the step waits for its claim to expire.
+	Undelivered func(*Completion)
 	// Semaphore lets a caller share the permits with another consumer; nil
 	// creates one with MaxConcurrentHandlers permits.
 	Semaphore *Semaphore
@@ -91,7 +93,6 @@ type HandlerDispatchService struct {
 	dispatch   <-chan StepMessage
 	completion chan<- *Completion
 	sem        *Semaphore
-	callbacks  *CallbackRunner
 	metrics    *Metrics
 	log        logr.Logger
 
@@ -123,6 +124,9 @@ type HandlerDispatchService struct {
 	loopDone    chan struct{}
 	started     atomic.Bool
 	held        *StepMessage // message the loop held when it stopped; read after loopDone
+	// undeliveredLog rate-limits the log line of undelivered results: a
+	// stalled database makes every result undelivered at once.
+	undeliveredLog *lograte.Limiter
 }
 
 // NewHandlerDispatchService wires a service to its channels. completionMonitor
@@ -138,14 +142,14 @@ func NewHandlerDispatchService(cfg ServiceConfig, registry *Registry, dispatch <
 	log = log.WithValues("serviceId", cfg.ServiceID)
 	return &HandlerDispatchService{
 		cfg: cfg, registry: registry, dispatch: dispatch, completion: completion, sem: sem,
-		callbacks: NewCallbackRunner(cfg.Callback, cfg.CallbackStrategy, cfg.CallbackTimeout, cfg.ServiceID, metrics, log),
-		metrics:   metrics, log: log,
-		slots:         make([]atomic.Pointer[stepState], sem.Capacity()),
-		maxWorkers:    int32(min(sem.Capacity()+maxIdleWorkers, math.MaxInt32)),
-		deadlineWatch: deadlineWatch{wake: make(chan struct{}, 1)},
-		ready:         make(chan *stepState),
-		interrupt:     make(chan struct{}),
-		stopping:      make(chan struct{}), loopDone: make(chan struct{}), watchDone: make(chan struct{}),
+		metrics: metrics, log: log,
+		slots:          make([]atomic.Pointer[stepState], sem.Capacity()),
+		maxWorkers:     int32(min(sem.Capacity()+maxIdleWorkers, math.MaxInt32)),
+		deadlineWatch:  deadlineWatch{wake: make(chan struct{}, 1)},
+		undeliveredLog: lograte.New(10, 10*time.Second),
+		ready:          make(chan *stepState),
+		interrupt:      make(chan struct{}),
+		stopping:       make(chan struct{}), loopDone: make(chan struct{}), watchDone: make(chan struct{}),
 	}
 }
 
@@ -231,7 +235,7 @@ func (s *HandlerDispatchService) Run(ctx context.Context) error {
 }
 
 // semaphoreFailure is seed risk 1: a step that cannot get a permit becomes an
-// explicit retryable failure on the completion channel, with its callback.
+// explicit retryable failure on the completion channel.
 func (s *HandlerDispatchService) semaphoreFailure(st *stepState) {
 	msg := &st.c.Message
 	s.metrics.SemaphoreFailures.Inc()
@@ -253,7 +257,7 @@ const (
 // stepState is everything one dispatched step needs, in one allocation: the
 // message and its completion, the handler's context (which holds the
 // deadline), and who won the race between the handler and its deadline. It
-// is allocated for every step, so it is kept within the 384-byte size class:
+// is allocated for every step, so it is kept small (440 bytes, the 448-byte size class):
 // whatever can be derived (the service, the timeout) is not stored.
 type stepState struct {
 	c      Completion
@@ -454,20 +458,26 @@ func failureFromError(msg *StepMessage, err error, elapsed time.Duration) StepEx
 	return FailureResult(msg.StepUUID, err.Error(), ErrorTypeHandlerError, true, elapsed, nil)
 }
 
-// deliver sends a result to the completion channel within the send timeout
-// and, only if that succeeded, runs the post-handler callback. A result that
-// cannot be delivered is counted and logged; its step stays claimed in the
-// queue, which redelivers it, so it is not lost.
+// deliver sends a result to the completion channel within the send timeout.
+// A result that cannot be delivered is counted, logged (rate-limited) and
+// handed to cfg.Undelivered, which gives its step back to the queue with the
+// attempt counted. Post-handler callbacks do not run here: the completion
+// processor runs them once the result is durable.
 func (s *HandlerDispatchService) deliver(st *stepState) {
 	res := &st.c.Result
 	res.Metadata.WorkerID = s.cfg.WorkerID
-	if !SendCompletion(s.completion, &st.c, s.cfg.CompletionSendTimeout) {
-		s.log.Error(errors.New("completion channel full"), "result not delivered within send timeout; the queue will redeliver the step",
-			"stepUuid", res.StepUUID, "timeout", s.cfg.CompletionSendTimeout, "outcome", string(res.Outcome()))
-		s.metrics.UndeliveredResults.Inc()
+	if SendCompletion(s.completion, &st.c, s.cfg.CompletionSendTimeout) {
 		return
 	}
-	s.callbacks.Run(&st.c.Message, &st.c.Result)
+	s.metrics.UndeliveredResults.Inc()
+	if s.undeliveredLog.Allow() {
+		s.log.Error(errors.New("completion channel full"), "result not delivered within the send timeout; the step goes back to the queue and is retried after its backoff",
+			"stepUuid", res.StepUUID, "handler", st.c.Message.Handler, "queue", st.c.Message.Queue, "timeout", s.cfg.CompletionSendTimeout,
+			"outcome", string(res.Outcome()), "suppressedSinceLast", s.undeliveredLog.Suppressed())
+	}
+	if s.cfg.Undelivered != nil {
+		s.cfg.Undelivered(&st.c)
+	}
 }
 
 // SendCompletion puts c on ch, waiting at most timeout for room. It reports

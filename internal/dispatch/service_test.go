@@ -16,15 +16,9 @@ import (
 var noop = HandlerFunc(func(context.Context, *StepMessage) (json.RawMessage, error) { return json.RawMessage(`{}`), nil })
 
 // Seed risk 1: no permit → an explicit retryable failure with metadata, sent
-// to the completion channel, with the callback fired.
+// to the completion channel.
 func TestSemaphoreClosedProducesFailureResult(t *testing.T) {
-	var callbacks atomic.Int32
-	cb := CallbackFunc(func(_ context.Context, _ *StepMessage, r *StepExecutionResult, _ string) {
-		if r.Metadata.ErrorType == ErrorTypeSemaphoreAcquisitionFailed {
-			callbacks.Add(1)
-		}
-	})
-	h := newHarness(t, ServiceConfig{Callback: cb, CallbackStrategy: CallbackBlocking}, 4, 4, map[string]Handler{"noop": noop})
+	h := newHarness(t, ServiceConfig{}, 4, 4, map[string]Handler{"noop": noop})
 	h.svc.Abort()
 	h.dispatch <- msg(1, "noop")
 	c := recv(t, h.completion, 5*time.Second)
@@ -42,7 +36,6 @@ func TestSemaphoreClosedProducesFailureResult(t *testing.T) {
 	if c.Message.Receipt != (Receipt{ID: 1, Token: 1}) {
 		t.Errorf("receipt lost: %+v", c.Message.Receipt)
 	}
-	waitFor(t, "callback", 5*time.Second, func() bool { return callbacks.Load() == 1 })
 	if got := testutil.ToFloat64(h.metrics.SemaphoreFailures); got != 1 {
 		t.Errorf("semaphore failures = %v", got)
 	}
@@ -220,38 +213,29 @@ func TestLateResultDiscardedAfterTimeout(t *testing.T) {
 	}
 }
 
-func TestCallbackNeverFiresWhenSendFailed(t *testing.T) {
-	var fired atomic.Int32
-	cb := CallbackFunc(func(context.Context, *StepMessage, *StepExecutionResult, string) { fired.Add(1) })
-	h := newHarness(t, ServiceConfig{CompletionSendTimeout: 20 * time.Millisecond, Callback: cb, CallbackStrategy: CallbackBlocking},
+// A result that cannot be delivered within the send timeout is handed to
+// Undelivered (which gives the step back to its queue), exactly once, with
+// the message that identifies its claim; a later result is delivered as usual.
+func TestUndeliveredResultIsHandedBack(t *testing.T) {
+	handedBack := make(chan *Completion, 4)
+	h := newHarness(t, ServiceConfig{CompletionSendTimeout: 20 * time.Millisecond, Undelivered: func(c *Completion) { handedBack <- c }},
 		1, 1, map[string]Handler{"noop": noop})
 	h.completion <- &Completion{} // fill it; nobody consumes
 	h.dispatch <- msg(1, "noop")
-	waitFor(t, "undelivered result counted", 5*time.Second, func() bool { return testutil.ToFloat64(h.metrics.UndeliveredResults) == 1 })
-	if fired.Load() != 0 {
-		t.Fatal("callback fired for an undelivered result")
+	c := recv(t, handedBack, 5*time.Second)
+	if c.Message.Receipt != (Receipt{ID: 1, Token: 1}) || c.Message.StepUUID != "step-1" || !c.Result.Success {
+		t.Fatalf("handed back %+v", c)
+	}
+	if got := testutil.ToFloat64(h.metrics.UndeliveredResults); got != 1 {
+		t.Fatalf("undelivered results = %v", got)
 	}
 	<-h.completion
 	h.dispatch <- msg(2, "noop")
-	recv(t, h.completion, 5*time.Second)
-	waitFor(t, "callback for delivered result", 5*time.Second, func() bool { return fired.Load() == 1 })
-}
-
-func TestCallbackRunsAfterSendWithResult(t *testing.T) {
-	got := make(chan string, 1)
-	cb := CallbackFunc(func(_ context.Context, s *StepMessage, r *StepExecutionResult, svc string) {
-		got <- s.StepUUID + "/" + string(r.Outcome()) + "/" + svc
-	})
-	h := newHarness(t, ServiceConfig{Callback: cb}, 1, 1, map[string]Handler{"noop": noop})
-	h.dispatch <- msg(3, "noop")
-	recv(t, h.completion, 5*time.Second)
-	select {
-	case s := <-got:
-		if s != "step-3/success/handler-dispatch" {
-			t.Errorf("callback saw %q", s)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("callback did not run")
+	if c := recv(t, h.completion, 5*time.Second); c.Message.StepUUID != "step-2" {
+		t.Fatalf("delivered %+v", c)
+	}
+	if len(handedBack) != 0 {
+		t.Fatalf("a delivered result was handed back too")
 	}
 }
 

@@ -16,6 +16,13 @@ const (
 	ErrorTypeHandlerTimeout             = "handler_timeout"
 	ErrorTypeSemaphoreAcquisitionFailed = "semaphore_acquisition_failed"
 	ErrorTypeFFITimeout                 = "ffi_timeout"
+	// ErrorTypeResultUndelivered: the handler finished but its result could
+	// not be handed to the completion channel in time (the database was
+	// stalled); the step is retried.
+	ErrorTypeResultUndelivered = "result_undelivered"
+	// ErrorTypeFFIAbandoned: a foreign handler polled the event and did not
+	// complete it before the worker stopped; the step is retried.
+	ErrorTypeFFIAbandoned = "ffi_abandoned"
 )
 
 // Result statuses of the wire format. A failure produced by the worker itself
@@ -59,6 +66,8 @@ type StepMessage struct {
 	CorrelationID string `json:"correlation_id,omitempty"`
 	// Handler names the registered handler that runs this step.
 	Handler string `json:"handler"`
+	// Queue is the queue (namespace) the step was claimed from, for logs.
+	Queue string `json:"-"`
 	// Payload is the step's input, passed through untouched.
 	Payload json.RawMessage `json:"payload,omitempty"`
 	// Attempt counts from 1 for the first delivery.
@@ -70,6 +79,14 @@ type StepMessage struct {
 	TimeoutMs int64 `json:"timeout_ms,omitempty"`
 	// Receipt ties the step to its queue claim; see Receipt.
 	Receipt Receipt `json:"-"`
+	// QueuedAt is when the worker handed the step to the dispatch channel;
+	// the FFI channel reports how long its oldest unpolled event has waited.
+	QueuedAt time.Time `json:"-"`
+	// Permit is the concurrency permit a step on the FFI path holds from the
+	// intake until the FFI channel settles it or hands it back (see
+	// ffi.Config.Permits). The native service keeps its permits itself and
+	// ignores this field.
+	Permit Permit `json:"-"`
 }
 
 // StepExecutionResult is the result wire format shared with upstream Tasker
@@ -252,4 +269,9 @@ type Completion struct {
 	Message StepMessage
 	// Result is how the attempt ended.
 	Result StepExecutionResult
+	// Fenced is set by the ResultSink when the result was not applied
+	// because the step had been claimed again since (its claim expired):
+	// the step's fate is another attempt's, so no post-handler callback
+	// runs for this result.
+	Fenced bool
 }

@@ -40,13 +40,13 @@ type Config struct {
 	// CompletionSendTimeout bounds how long Complete waits for room in the
 	// completion channel before answering "retry later".
 	CompletionSendTimeout time.Duration
-	// Callback runs after each delivered completion under CallbackStrategy,
-	// bounded by CallbackTimeout.
-	Callback dispatch.PostHandlerCallback
-	// CallbackStrategy is how long Complete waits for the callback.
-	CallbackStrategy dispatch.CallbackStrategy
-	// CallbackTimeout bounds the callback (except under Blocking).
-	CallbackTimeout time.Duration
+	// Permits, when set, is the semaphore whose permit every event carries
+	// (StepMessage.Permit) from the moment it is handed to the channel:
+	// waiting to be polled and polled both count as in flight, so
+	// max_concurrent_handlers, load shedding and the in-flight gauge hold
+	// for foreign handlers as for native ones. The channel releases an
+	// event's permit when it settles the event or hands it back.
+	Permits *dispatch.Semaphore
 	// SweepInterval is how often the channel itself sweeps timeouts and
 	// checks starvation (default: a tenth of the smaller of the two
 	// thresholds, between 10 ms and 1 s).
@@ -154,12 +154,19 @@ type Channel struct {
 	cfg        Config
 	dispatch   <-chan dispatch.StepMessage
 	completion chan<- *dispatch.Completion
-	callbacks  *dispatch.CallbackRunner
+	metrics    *dispatch.Metrics
 	log        logr.Logger
 
-	mu      sync.Mutex
-	pending map[string]*pendingEvent
-	settled map[string]settledKind
+	mu sync.Mutex
+	// head is the oldest event waiting to be polled, taken off the dispatch
+	// channel (which cannot be peeked) so that its age can be read; Poll
+	// takes it before anything else.
+	head *dispatch.StepMessage
+	// lastPoll is when a poller last called Poll (found an event or not):
+	// a poller that stopped calling is a dead poller.
+	lastPoll time.Time
+	pending  map[string]*pendingEvent
+	settled  map[string]settledKind
 	// ring holds the settled ids in arrival order; when it wraps, the
 	// oldest id is forgotten. O(1) per settle, so a long-running worker
 	// does not slow down once the memory is full.
@@ -175,19 +182,23 @@ type Channel struct {
 	completions *prometheus.CounterVec
 	polled      atomic.Uint64
 	lastWarn    atomic.Int64
+	stallWarn   atomic.Int64
 }
 
 // New creates a channel that consumes dispatch and delivers to completion.
-// metrics supplies the shared callback counters.
+// metrics counts completions that could not be delivered within the send
+// timeout (answered RetryLater). Post-handler callbacks are not the
+// channel's business: the completion processor runs them once a result is
+// durable, so Complete never waits for one.
 func New(cfg Config, dispatchCh <-chan dispatch.StepMessage, completion chan<- *dispatch.Completion, metrics *dispatch.Metrics, log logr.Logger) *Channel {
 	cfg.defaults()
 	log = log.WithValues("serviceId", cfg.ServiceID)
 	return &Channel{
-		cfg: cfg, dispatch: dispatchCh, completion: completion, log: log,
-		callbacks: dispatch.NewCallbackRunner(cfg.Callback, cfg.CallbackStrategy, cfg.CallbackTimeout, cfg.ServiceID, metrics, log),
-		pending:   map[string]*pendingEvent{},
-		settled:   make(map[string]settledKind, cfg.SettledMemory),
-		ring:      make([]string, cfg.SettledMemory),
+		cfg: cfg, dispatch: dispatchCh, completion: completion, metrics: metrics, log: log,
+		lastPoll: time.Now(),
+		pending:  map[string]*pendingEvent{},
+		settled:  make(map[string]settledKind, cfg.SettledMemory),
+		ring:     make([]string, cfg.SettledMemory),
 		timeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "tasker_ffi_timeouts_total",
 			Help: "Pending FFI events that exceeded the completion timeout and became ffi_timeout failures."}),
 		completions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tasker_ffi_complete_calls_total",
@@ -206,32 +217,97 @@ func (c *Channel) Config() Config { return c.cfg }
 // drain, which waits for PendingCount to reach zero and then Stops, cannot
 // miss an event a poller has just taken, and Stop cannot leave one behind.
 func (c *Channel) Poll() (dispatch.StepMessage, bool) {
+	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopped {
 		return dispatch.StepMessage{}, false
 	}
+	c.lastPoll = now
 	var msg dispatch.StepMessage
+	if c.head != nil {
+		msg, c.head = *c.head, nil
+	} else {
+		select {
+		case m, ok := <-c.dispatch:
+			if !ok {
+				return dispatch.StepMessage{}, false
+			}
+			msg = m
+		default:
+			return dispatch.StepMessage{}, false
+		}
+	}
+	c.polled.Add(1)
+	c.pending[msg.EventID] = &pendingEvent{msg: msg, dispatchedAt: now}
+	return msg, true
+}
+
+// fillHead moves the oldest unpolled event off the dispatch channel into
+// head, if head is empty, so its age can be read; c.mu is held. An event
+// that carries no QueuedAt is stamped now.
+func (c *Channel) fillHead(now time.Time) {
+	if c.head != nil || c.stopped {
+		return
+	}
 	select {
 	case m, ok := <-c.dispatch:
 		if !ok {
-			return dispatch.StepMessage{}, false
+			return
 		}
-		msg = m
+		if m.QueuedAt.IsZero() {
+			m.QueuedAt = now
+		}
+		c.head = &m
 	default:
-		return dispatch.StepMessage{}, false
 	}
-	c.polled.Add(1)
-	c.pending[msg.EventID] = &pendingEvent{msg: msg, dispatchedAt: time.Now()}
-	return msg, true
+}
+
+// unpolledLocked counts the events waiting to be polled and the age of the
+// oldest (-1 when none); c.mu is held.
+func (c *Channel) unpolledLocked(now time.Time) (n int, oldest time.Duration) {
+	c.fillHead(now)
+	if c.head == nil {
+		return 0, -1
+	}
+	return 1 + len(c.dispatch), now.Sub(c.head.QueuedAt)
+}
+
+// Stall describes events waiting for a poller that has not polled for longer
+// than the starvation warning threshold: the foreign pollers died or hang.
+type Stall struct {
+	// SinceLastPoll is how long ago a poller last called Poll.
+	SinceLastPoll time.Duration
+	// Waiting is how many events wait to be polled.
+	Waiting int
+}
+
+// Stalled reports a stall, if events wait and no poll happened for longer
+// than the starvation warning threshold. The worker's /readyz fails then, so
+// that Kubernetes notices a pod whose pollers died.
+func (c *Channel) Stalled() (Stall, bool) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, _ := c.unpolledLocked(now)
+	since := now.Sub(c.lastPoll)
+	return Stall{SinceLastPoll: since, Waiting: n}, n > 0 && since > c.cfg.StarvationWarningThreshold
+}
+
+// releasePermit gives back the permit an event held, if the channel tracks
+// permits.
+func (c *Channel) releasePermit(m *dispatch.StepMessage) {
+	if c.cfg.Permits != nil {
+		c.cfg.Permits.Release(m.Permit)
+	}
 }
 
 // Complete delivers a foreign handler's result for a polled event. The
 // result is normalised (metadata.retryable mirrors error.retryable) and must
 // name the event's step. No lock is held while waiting for room in the
 // completion channel; if none frees up within the send timeout the answer is
-// RetryLater and the event stays pending. On Completed the post-handler
-// callback runs per the callback strategy before Complete returns.
+// RetryLater and the event stays pending. Complete never waits for a
+// post-handler callback: those run once the result is durable.
 func (c *Channel) Complete(eventID string, result dispatch.StepExecutionResult) (CompleteStatus, error) {
 	if err := result.Normalize(); err != nil {
 		return c.answer(InvalidResult, fmt.Errorf("invalid result: %w", err))
@@ -271,6 +347,7 @@ func (c *Channel) Complete(eventID string, result dispatch.StepExecutionResult) 
 	sent := dispatch.SendCompletion(c.completion, comp, c.cfg.CompletionSendTimeout)
 	waited := time.Since(start)
 	if !c.settle(eventID, ev, sent, settledCompleted) {
+		c.metrics.UndeliveredResults.Inc()
 		c.log.Info("completion channel full: Complete must be retried; the event stays pending",
 			"eventId", eventID, "stepUuid", ev.msg.StepUUID, "waited", waited)
 		return c.answer(RetryLater, nil)
@@ -278,7 +355,6 @@ func (c *Channel) Complete(eventID string, result dispatch.StepExecutionResult) 
 	if waited > slowSendWarning {
 		c.log.Info("FFI completion waited for room in the completion channel", "eventId", eventID, "waited", waited)
 	}
-	c.callbacks.Run(&comp.Message, &comp.Result)
 	return c.answer(Completed, nil)
 }
 
@@ -294,6 +370,7 @@ func (c *Channel) settle(eventID string, ev *pendingEvent, sent bool, kind settl
 		return false
 	}
 	delete(c.pending, eventID)
+	c.releasePermit(&ev.msg)
 	if old := c.ring[c.next]; old != "" {
 		delete(c.settled, old)
 	}
@@ -330,10 +407,24 @@ type Metrics struct {
 	NewestPendingAgeMs *int64 `json:"newest_pending_age_ms"`
 	// OldestEventID names the oldest pending event, for debugging.
 	OldestEventID string `json:"oldest_event_id,omitempty"`
-	// StarvationDetected is true while any event is starving.
+	// StarvationDetected is true while any polled event is starving, or
+	// while the oldest event waiting to be polled has waited longer than the
+	// starvation threshold (the pollers are too slow, or dead).
 	StarvationDetected bool `json:"starvation_detected"`
-	// StarvingEventCount counts events older than the starvation threshold.
+	// StarvingEventCount counts polled events older than the starvation
+	// threshold.
 	StarvingEventCount int `json:"starving_event_count"`
+	// UnpolledCount is how many events wait to be polled.
+	UnpolledCount int `json:"unpolled_count"`
+	// OldestUnpolledAgeMs is how long the oldest of them has waited since
+	// the worker handed it to the channel (nil when none).
+	OldestUnpolledAgeMs *int64 `json:"oldest_unpolled_age_ms"`
+	// LastPollAgeMs is how long ago a poller last called Poll (since the
+	// channel was created, if none ever did).
+	LastPollAgeMs int64 `json:"last_poll_age_ms"`
+	// PollerStalled is true while events wait and no poll happened for
+	// longer than the starvation threshold: the worker is not ready then.
+	PollerStalled bool `json:"poller_stalled"`
 }
 
 // Metrics reports pending events now. Ages are nil when nothing is pending;
@@ -363,7 +454,16 @@ func (c *Channel) metricsAt(now time.Time) Metrics {
 		o, n := oldest.Milliseconds(), newest.Milliseconds()
 		m.OldestPendingAgeMs, m.NewestPendingAgeMs = &o, &n
 	}
-	m.StarvationDetected = m.StarvingEventCount > 0
+	var unpolledAge time.Duration
+	m.UnpolledCount, unpolledAge = c.unpolledLocked(now)
+	if unpolledAge >= 0 {
+		a := unpolledAge.Milliseconds()
+		m.OldestUnpolledAgeMs = &a
+	}
+	sincePoll := now.Sub(c.lastPoll)
+	m.LastPollAgeMs = sincePoll.Milliseconds()
+	m.PollerStalled = m.UnpolledCount > 0 && sincePoll > c.cfg.StarvationWarningThreshold
+	m.StarvationDetected = m.StarvingEventCount > 0 || unpolledAge > c.cfg.StarvationWarningThreshold
 	return m
 }
 
@@ -442,7 +542,6 @@ func (c *Channel) CleanupTimeouts() int {
 		c.timeouts.Inc()
 		c.log.Info("FFI event timed out; delivered ffi_timeout failure", "eventId", id, "stepUuid", ev.msg.StepUUID,
 			"timeoutMs", c.cfg.CompletionTimeout.Milliseconds())
-		c.callbacks.Run(&comp.Message, &comp.Result)
 	}
 	return n
 }
@@ -465,33 +564,80 @@ func (c *Channel) Run(ctx context.Context) {
 			c.log.Info("FFI dispatch: pending event aging - slow polling detected", "eventId", s.EventID,
 				"stepUuid", s.StepUUID, "ageMs", s.AgeMs, "thresholdMs", c.cfg.StarvationWarningThreshold.Milliseconds())
 		}
-		if m := c.metricsAt(now); m.StarvationDetected {
-			last := c.lastWarn.Load()
-			if now.UnixNano()-last >= int64(10*time.Second) && c.lastWarn.CompareAndSwap(last, now.UnixNano()) {
-				c.log.Info("FFI pollers are falling behind", "pending", m.PendingCount, "starving", m.StarvingEventCount,
-					"oldestAgeMs", *m.OldestPendingAgeMs)
-			}
+		m := c.metricsAt(now)
+		if m.StarvingEventCount > 0 && rateOK(&c.lastWarn, now) {
+			c.log.Info("FFI pollers are falling behind", "pending", m.PendingCount, "starving", m.StarvingEventCount,
+				"oldestAgeMs", *m.OldestPendingAgeMs)
+		}
+		if m.PollerStalled && rateOK(&c.stallWarn, now) {
+			c.log.Error(errors.New("no poll"), "FFI pollers stopped polling: events wait and no poll happened for longer than the starvation threshold; the worker reports not ready",
+				"lastPollAgeMs", m.LastPollAgeMs, "waiting", m.UnpolledCount, "oldestWaitingAgeMs", *m.OldestUnpolledAgeMs,
+				"thresholdMs", c.cfg.StarvationWarningThreshold.Milliseconds())
 		}
 	}
 }
 
-// Stop refuses further polls and completions and returns every event still
-// pending, so the caller can return them to the queue. Call it only after
-// the drain deadline: a foreign handler still working on one of them will be
+// rateOK reports whether 10 s have passed since the time in last, and if so
+// moves last to now: one warning of a kind per 10 s.
+func rateOK(last *atomic.Int64, now time.Time) bool {
+	l := last.Load()
+	return now.UnixNano()-l >= int64(10*time.Second) && last.CompareAndSwap(l, now.UnixNano())
+}
+
+// TakeUnpolled hands back every event no poller has taken (the caller must
+// have stopped handing events in), releasing their permits, so the caller
+// can return them to the queue with their attempt given back: no handler
+// ever saw them. Pollers may keep polling meanwhile; each event goes to
+// exactly one of them or here.
+func (c *Channel) TakeUnpolled() []dispatch.StepMessage {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.takeUnpolledLocked()
+}
+
+func (c *Channel) takeUnpolledLocked() []dispatch.StepMessage {
+	var out []dispatch.StepMessage
+	if c.head != nil {
+		out = append(out, *c.head)
+		c.head = nil
+	}
+	for {
+		select {
+		case m, ok := <-c.dispatch:
+			if ok {
+				out = append(out, m)
+				continue
+			}
+		default:
+		}
+		break
+	}
+	for i := range out {
+		c.releasePermit(&out[i])
+	}
+	return out
+}
+
+// Stop refuses further polls and completions and hands back every event the
+// channel still holds, releasing their permits: polled ones (a foreign
+// handler had them and did not complete them; their attempt happened) and
+// unpolled ones (never handed to a handler). Call it only after the drain
+// deadline: a foreign handler still working on a polled event will be
 // refused when it completes.
-func (c *Channel) Stop() []dispatch.StepMessage {
+func (c *Channel) Stop() (polled, unpolled []dispatch.StepMessage) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.stopped = true
-	out := make([]dispatch.StepMessage, 0, len(c.pending))
+	polled = make([]dispatch.StepMessage, 0, len(c.pending))
 	for id, ev := range c.pending {
 		if ev.completing {
 			continue // its delivery is in progress; it settles itself
 		}
-		out = append(out, ev.msg)
+		polled = append(polled, ev.msg)
+		c.releasePermit(&ev.msg)
 		delete(c.pending, id)
 	}
-	return out
+	return polled, c.takeUnpolledLocked()
 }
 
 // WaitDeliveries waits, after Stop, until no result is being sent any more,
@@ -506,8 +652,10 @@ func (c *Channel) PendingCount() int {
 }
 
 // RegisterMetrics exports tasker_ffi_pending_events,
-// tasker_ffi_oldest_event_age_ms and tasker_ffi_starving_events (read at
-// scrape time) and the FFI counters.
+// tasker_ffi_oldest_event_age_ms and tasker_ffi_starving_events (polled
+// events), tasker_ffi_unpolled_events, tasker_ffi_oldest_unpolled_age_ms and
+// tasker_ffi_last_poll_age_ms (events waiting to be polled, and the
+// pollers' pulse), all read at scrape time, and the FFI counters.
 func (c *Channel) RegisterMetrics(reg prometheus.Registerer) error {
 	gauge := func(name, help string, f func(Metrics) float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(c.Metrics()) })
@@ -524,6 +672,17 @@ func (c *Channel) RegisterMetrics(reg prometheus.Registerer) error {
 			}),
 		gauge("tasker_ffi_starving_events", "Pending FFI events older than the starvation warning threshold.",
 			func(m Metrics) float64 { return float64(m.StarvingEventCount) }),
+		gauge("tasker_ffi_unpolled_events", "FFI events waiting to be polled by a foreign handler.",
+			func(m Metrics) float64 { return float64(m.UnpolledCount) }),
+		gauge("tasker_ffi_oldest_unpolled_age_ms", "Age of the oldest FFI event waiting to be polled, in milliseconds (0 when none).",
+			func(m Metrics) float64 {
+				if m.OldestUnpolledAgeMs == nil {
+					return 0
+				}
+				return float64(*m.OldestUnpolledAgeMs)
+			}),
+		gauge("tasker_ffi_last_poll_age_ms", "Milliseconds since a foreign poller last called poll (since start if none has).",
+			func(m Metrics) float64 { return float64(m.LastPollAgeMs) }),
 		c.timeouts, c.completions,
 	} {
 		if err := reg.Register(col); err != nil {

@@ -285,81 +285,6 @@ func TestSweeperDeliversTimeoutsWithoutLoss(t *testing.T) {
 	eventually(t, "event settled", func() bool { return h.ch.PendingCount() == 0 })
 }
 
-// Seed risk 4: FireAndForget returns within milliseconds while a 10 s
-// callback runs; BlockingWithTimeout returns at the callback timeout;
-// Blocking waits for the callback.
-func TestCallbackStrategiesBoundTheForeignThread(t *testing.T) {
-	for _, tc := range []struct {
-		strategy dispatch.CallbackStrategy
-		min, max time.Duration
-	}{
-		{dispatch.CallbackFireAndForget, 0, 50 * time.Millisecond},
-		{dispatch.CallbackBlockingWithTimeout, 200 * time.Millisecond, 2 * time.Second},
-		{dispatch.CallbackBlocking, 400 * time.Millisecond, 5 * time.Second},
-	} {
-		t.Run(string(tc.strategy), func(t *testing.T) {
-			release := make(chan struct{})
-			started := make(chan struct{}, 1)
-			cbLen := 10 * time.Second
-			if tc.strategy == dispatch.CallbackBlocking {
-				cbLen = 400 * time.Millisecond // Blocking really waits; keep the test short
-			}
-			cb := dispatch.CallbackFunc(func(context.Context, *dispatch.StepMessage, *dispatch.StepExecutionResult, string) {
-				started <- struct{}{}
-				select {
-				case <-release:
-				case <-time.After(cbLen):
-				}
-			})
-			h := newHarness(t, Config{Callback: cb, CallbackStrategy: tc.strategy, CallbackTimeout: 200 * time.Millisecond}, 4)
-			defer close(release)
-			h.dispatch <- event(1)
-			m := h.poll(t)
-			s := time.Now()
-			if st, _ := h.ch.Complete(m.EventID, success(m.StepUUID)); st != Completed {
-				t.Fatal(st)
-			}
-			d := time.Since(s)
-			if d < tc.min || d > tc.max {
-				t.Fatalf("Complete returned after %v, want between %v and %v", d, tc.min, tc.max)
-			}
-			select {
-			case <-started:
-			case <-time.After(5 * time.Second):
-				t.Fatal("callback never ran")
-			}
-			if tc.strategy != dispatch.CallbackBlocking {
-				eventually(t, "callback timeout counted", func() bool { return testutil.ToFloat64(h.metrics.CallbackTimeouts) == 1 })
-			}
-		})
-	}
-}
-
-// The deadlock of seed risk 4: a foreign thread holds a lock while it
-// completes, and the callback needs that lock.
-func TestNoDeadlockWhenCallbackNeedsTheCallersLock(t *testing.T) {
-	var mu sync.Mutex
-	done := make(chan struct{})
-	cb := dispatch.CallbackFunc(func(context.Context, *dispatch.StepMessage, *dispatch.StepExecutionResult, string) {
-		mu.Lock()
-		defer mu.Unlock()
-		close(done)
-	})
-	h := newHarness(t, Config{Callback: cb}, 4) // FireAndForget by default
-	h.dispatch <- event(1)
-	m := h.poll(t)
-	mu.Lock()
-	if st, _ := h.ch.Complete(m.EventID, success(m.StepUUID)); st != Completed {
-		t.Fatal(st)
-	}
-	mu.Unlock()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("callback deadlocked")
-	}
-}
-
 func TestManyThreadsPollAndComplete(t *testing.T) {
 	h := newHarness(t, Config{}, 1024)
 	const n = 2000
@@ -418,9 +343,9 @@ func TestStopReturnsPendingAndRefusesLater(t *testing.T) {
 	h.dispatch <- event(1)
 	h.dispatch <- event(2)
 	m := h.poll(t)
-	back := h.ch.Stop()
-	if len(back) != 1 || back[0].EventID != m.EventID {
-		t.Fatalf("stop returned %+v", back)
+	polled, unpolled := h.ch.Stop()
+	if len(polled) != 1 || polled[0].EventID != m.EventID || len(unpolled) != 1 || unpolled[0].EventID != "ev-2" {
+		t.Fatalf("stop returned polled %+v, unpolled %+v", polled, unpolled)
 	}
 	if _, ok := h.ch.Poll(); ok {
 		t.Fatal("poll after stop")

@@ -408,7 +408,7 @@ func TestPollerLogsEveryRefusedCompletion(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("handler never started")
 		}
-		if back := h.ch.Stop(); len(back) != 1 || back[0].EventID != "ev-1" {
+		if back, _ := h.ch.Stop(); len(back) != 1 || back[0].EventID != "ev-1" {
 			t.Fatalf("Stop returned %+v", back)
 		}
 		close(release)

@@ -1,7 +1,9 @@
 package queue
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -86,4 +88,39 @@ func BenchmarkClaimCompleteBatch(b *testing.B) {
 	elapsed := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(total)/elapsed.Seconds(), "steps/s")
+}
+
+// BenchmarkReadBacklog reads one queue's backlog at 200 000 and at 10 million
+// claimable steps (rows inserted with one INSERT … SELECT, then VACUUM
+// ANALYZE, as a long-lived queue table would be): the count stops at
+// BacklogLimit and the oldest step is one index lookup, so both sizes should
+// cost about the same. Setting up 10 million rows takes a minute or two.
+func BenchmarkReadBacklog(b *testing.B) {
+	for _, rows := range []int{200_000, 10_000_000} {
+		b.Run(fmt.Sprintf("rows=%d", rows), func(b *testing.B) {
+			env := newEnv(b, Options{})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+			defer cancel()
+			if _, err := env.pool.Exec(ctx, `INSERT INTO tasker_steps (queue, handler, visible_at)
+				SELECT 'deep', 'h', now() - (g || ' ms')::interval FROM generate_series(1, $1) g`, rows); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := env.pool.Exec(ctx, `VACUUM ANALYZE tasker_steps`); err != nil {
+				b.Fatal(err)
+			}
+			var got Backlog
+			b.ResetTimer()
+			for b.Loop() {
+				bl, err := ReadBacklog(ctx, env.pool, []string{"deep"}, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				got = bl["deep"]
+			}
+			b.StopTimer()
+			if got.Ready != BacklogLimit || !got.Capped || got.OldestReady < time.Duration(rows)*time.Millisecond {
+				b.Fatalf("backlog of %d rows read as %+v", rows, got)
+			}
+		})
+	}
 }

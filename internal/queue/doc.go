@@ -54,6 +54,8 @@
 //
 // Migrate is safe to run from every worker at start-up. RefreshStats feeds
 // the depth and oldest-age gauges; Stats and Get answer "what is in the
-// queue"; PurgeCompleted bounds table growth. Dead steps stay until an
-// operator deals with them.
+// queue"; RunRetention (which the worker runs on a schedule, one worker at a
+// time) deletes completed and dead steps past their configured ages in
+// bounded batches, so the table stays bounded. last_error has one shape for
+// every cause: see lasterror.go and docs/queue.md.
 package queue

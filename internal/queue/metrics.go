@@ -21,8 +21,8 @@ type metrics struct {
 	claimsLost   prometheus.Counter
 	reconnects   prometheus.Counter
 	claimSeconds prometheus.Histogram
-	depth        *prometheus.GaugeVec
-	oldestAge    *prometheus.GaugeVec
+	// retentionDeleted counts finished steps deleted by retention, by state.
+	retentionDeleted *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -68,14 +68,13 @@ func newMetrics() *metrics {
 			Help:    "Latency of one Claim statement.",
 			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
 		}),
-		depth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "tasker_queue_depth",
-			Help: "Steps claimable now (ready and visible, or claimed with an expired visibility), as of the last RefreshStats.",
-		}, []string{"queue"}),
-		oldestAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "tasker_queue_oldest_ready_age_seconds",
-			Help: "How long the oldest claimable step has been claimable (0 when none), as of the last RefreshStats.",
-		}, []string{"queue"}),
+		retentionDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tasker_queue_retention_deleted_total",
+			Help: "Finished steps deleted by retention (or Purge), by state (completed, dead).",
+		}, []string{"state"}),
+	}
+	for _, st := range []State{StateCompleted, StateDead} {
+		m.retentionDeleted.WithLabelValues(string(st))
 	}
 	for _, o := range []Outcome{Success, RetryableFailure, PermanentFailure} {
 		m.acknowledged.WithLabelValues(string(o)) // export zeros so rate() works from the start
@@ -86,7 +85,7 @@ func newMetrics() *metrics {
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.enqueued, m.claimed, m.acknowledged, m.redelivered, m.dead, m.fenced,
-		m.released, m.claimsLost, m.reconnects, m.claimSeconds, m.depth, m.oldestAge,
+		m.released, m.claimsLost, m.reconnects, m.claimSeconds, m.retentionDeleted,
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -17,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/seed-a17b38e7/workerpool-operator/internal/lograte"
 )
 
 // NotifyChannel is the LISTEN/NOTIFY channel producers signal after
@@ -99,19 +100,30 @@ type Options struct {
 	Jitter func() float64
 	// Logger receives listener reconnects and similar operational events.
 	Logger logr.Logger
+	// FinalAttemptGrace is how long a claim on a step's final attempt must
+	// have been expired before another claimer makes the step dead
+	// (claim_expired). Within it the owner's late heartbeat can still extend
+	// the claim, so a step is not dead-lettered while the worker running it
+	// is merely slow to heartbeat. Default DefaultFinalAttemptGrace.
+	FinalAttemptGrace time.Duration
 }
+
+// DefaultFinalAttemptGrace is Options.FinalAttemptGrace when unset: the
+// default visibility timeout, so a poison step is dead-lettered at most one
+// visibility later than without a grace.
+const DefaultFinalAttemptGrace = 30 * time.Second
 
 // Queue is the durable step queue on PostgreSQL. It is safe for concurrent
 // use; all state lives in the database, so any number of workers can share
 // the same tables.
 type Queue struct {
-	pool        *pgxpool.Pool
-	opts        Options
-	backoffUS   []int64
-	log         logr.Logger
-	m           *metrics
-	statsMu     sync.Mutex
-	statsQueues map[string]bool // queues whose gauges RefreshStats has set
+	pool      *pgxpool.Pool
+	opts      Options
+	backoffUS []int64
+	log       logr.Logger
+	m         *metrics
+	// deadLog rate-limits the log lines of steps Claim dead-letters.
+	deadLog *lograte.Limiter
 }
 
 // New wraps a pool (already migrated with Migrate) and registers the queue's
@@ -140,19 +152,22 @@ func New(pool *pgxpool.Pool, opts Options, reg prometheus.Registerer) (*Queue, e
 	if opts.Jitter == nil {
 		opts.Jitter = UniformJitter(DefaultJitterFraction)
 	}
+	if opts.FinalAttemptGrace < 0 {
+		return nil, fmt.Errorf("queue: negative FinalAttemptGrace %v", opts.FinalAttemptGrace)
+	}
+	if opts.FinalAttemptGrace == 0 {
+		opts.FinalAttemptGrace = DefaultFinalAttemptGrace
+	}
 	if opts.Logger.GetSink() == nil {
 		opts.Logger = logr.Discard()
 	}
 	q := &Queue{
-		pool:        pool,
-		opts:        opts,
-		backoffUS:   backoffUS,
-		log:         opts.Logger,
-		m:           newMetrics(),
-		statsQueues: map[string]bool{},
-	}
-	for _, name := range opts.Queues {
-		q.statsQueues[name] = true
+		pool:      pool,
+		opts:      opts,
+		backoffUS: backoffUS,
+		log:       opts.Logger,
+		m:         newMetrics(),
+		deadLog:   lograte.New(20, 10*time.Second),
 	}
 	if err := q.m.register(reg); err != nil {
 		return nil, err
@@ -460,6 +475,9 @@ func (s ClaimedStep) Claim() Claim { return Claim{ID: s.ID, Token: s.Token} }
 // A claimed row whose visibility expired is claimable again (redelivery). If
 // it had already used its last attempt, it becomes dead instead of running
 // again: a step that keeps killing its worker must not crash-loop the pool.
+// Such a final-attempt claim is left alone until it has been expired for
+// $5 µs (Options.FinalAttemptGrace): its owner may only be late with its
+// heartbeat, and may still extend the claim and complete the step.
 const claimSQL = `
 WITH picked AS (
 	SELECT c.id, c.state AS prev_state, c.visible_at AS prev_visible_at,
@@ -471,6 +489,8 @@ WITH picked AS (
 		WHERE s.queue = q.name
 		  AND s.state IN ('ready', 'claimed')
 		  AND s.visible_at <= now()
+		  AND NOT (s.state = 'claimed' AND s.attempts >= s.max_attempts
+		           AND s.visible_at > now() - $5::bigint * interval '1 microsecond')
 		ORDER BY s.visible_at, s.id
 		LIMIT $2
 		FOR UPDATE SKIP LOCKED
@@ -486,11 +506,7 @@ UPDATE tasker_steps s SET
 	claimed_at = CASE WHEN p.exhausted THEN s.claimed_at ELSE now() END,
 	visible_at = now() + $4::bigint * interval '1 microsecond',
 	completed_at = CASE WHEN p.exhausted THEN now() END,
-	last_error = CASE WHEN p.exhausted THEN jsonb_build_object(
-		'error_type', 'claim_expired',
-		'retryable', false,
-		'message', format('claim by %s expired on final attempt %s of %s without acknowledgement', s.claimed_by, s.attempts, s.max_attempts),
-		'previous_error', s.last_error)
+	last_error = CASE WHEN p.exhausted THEN ` + claimExpiredErrorSQL + `
 		ELSE s.last_error END
 FROM picked p
 WHERE s.id = p.id
@@ -517,7 +533,7 @@ func (q *Queue) Claim(ctx context.Context, queues []string, workerID string, lim
 		return nil, fmt.Errorf("claim from %v: visibility %v must be positive", queues, visibility)
 	}
 	start := time.Now()
-	rows, err := q.pool.Query(ctx, claimSQL, queues, limit, workerID, visibility.Microseconds())
+	rows, err := q.pool.Query(ctx, claimSQL, queues, limit, workerID, visibility.Microseconds(), q.opts.FinalAttemptGrace.Microseconds())
 	if err != nil {
 		return nil, fmt.Errorf("claim from %v: %w", queues, err)
 	}
@@ -542,6 +558,11 @@ func (q *Queue) Claim(ctx context.Context, queues []string, workerID string, lim
 		}
 		if exhausted {
 			dead++
+			if q.deadLog.Allow() {
+				q.log.Error(errors.New("claim expired on the final attempt"), "step dead-lettered: its worker died or hung on the final attempt",
+					"stepUuid", s.StepUUID.String(), "id", s.ID, "queue", s.Queue, "handler", s.Handler, "errorType", ErrorTypeClaimExpired,
+					"attempt", attempt, "maxAttempts", maxAtt, "suppressedSinceLast", q.deadLog.Suppressed())
+			}
 			continue
 		}
 		s.Payload = json.RawMessage(payload)
@@ -725,8 +746,10 @@ type Completion struct {
 	Outcome Outcome
 	// Result is stored on Success (the step result wire format, or any JSON).
 	Result json.RawMessage
-	// Error is stored as last_error on a failure; empty becomes a minimal
-	// {"message": ...} object so a dead step always says something.
+	// Error is stored as last_error on a failure: a failed step result in
+	// the wire format (see LastError), which is what the worker writes.
+	// Empty becomes such a result saying "no error details reported", so a
+	// dead step always says something.
 	Error json.RawMessage
 }
 
@@ -877,11 +900,7 @@ func completionJSON(c Completion) (result, errJSON string, err error) {
 		}
 	case RetryableFailure, PermanentFailure:
 		if len(c.Error) == 0 {
-			b, _ := json.Marshal(map[string]any{
-				"message":   "no error details reported",
-				"retryable": c.Outcome == RetryableFailure,
-			})
-			c.Error = b
+			c.Error = FailedResult("", "no error details reported", "handler_error", c.Outcome == RetryableFailure, nil)
 		}
 		if !json.Valid(c.Error) {
 			return result, errJSON, errors.New("error is not valid JSON")

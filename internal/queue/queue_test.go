@@ -311,7 +311,7 @@ func TestVisibilityExpiryRedeliversAndFencesOldToken(t *testing.T) {
 }
 
 func TestExpiredFinalAttemptBecomesDead(t *testing.T) {
-	env := newEnv(t, Options{})
+	env := newEnv(t, Options{FinalAttemptGrace: time.Millisecond})
 	enq := mustEnqueue(t, env.q, NewStep{Queue: "p", Handler: "poison", MaxAttempts: 1})
 	if got := mustClaim(t, env.q, []string{"p"}, 1, 50*time.Millisecond); len(got) != 1 {
 		t.Fatal("no claim")
@@ -323,8 +323,35 @@ func TestExpiredFinalAttemptBecomesDead(t *testing.T) {
 		return mustGet(t, env.q, enq[0].ID).State == StateDead
 	})
 	st := mustGet(t, env.q, enq[0].ID)
-	if !strings.Contains(string(st.LastError), "claim_expired") || st.Attempts != 1 || st.ClaimedBy != "worker-test" {
+	if st.Attempts != 1 || st.ClaimedBy != "worker-test" {
 		t.Fatalf("dead row: %+v last_error=%s", st, st.LastError)
+	}
+	// The same shape as a handler's failure: the cause under "error", the
+	// details under "metadata".
+	var le struct {
+		Success  bool
+		Status   string
+		Metadata struct {
+			ErrorType string `json:"error_type"`
+			WorkerID  string `json:"worker_id"`
+			Context   struct {
+				Attempt     int `json:"attempt"`
+				MaxAttempts int `json:"max_attempts"`
+			}
+		}
+		Error struct {
+			Message   string
+			ErrorType string `json:"error_type"`
+			Retryable *bool
+		}
+	}
+	if err := json.Unmarshal(st.LastError, &le); err != nil {
+		t.Fatal(err)
+	}
+	if le.Success || le.Status != "failed" || le.Error.ErrorType != ErrorTypeClaimExpired || le.Error.Retryable == nil || *le.Error.Retryable ||
+		!strings.Contains(le.Error.Message, "expired on final attempt 1 of 1") || le.Metadata.ErrorType != ErrorTypeClaimExpired ||
+		le.Metadata.WorkerID != "worker-test" || le.Metadata.Context.Attempt != 1 || le.Metadata.Context.MaxAttempts != 1 {
+		t.Fatalf("claim_expired last_error: %s", st.LastError)
 	}
 	if v := metricValue(t, env.reg, "tasker_queue_dead_total"); v != 1 {
 		t.Fatalf("dead_total = %v", v)
@@ -719,6 +746,45 @@ func TestListenerFiltersQueues(t *testing.T) {
 	}
 }
 
+// The backlog is what Claim could take now: ready and visible steps and
+// expired claims, not delayed ones, not live claims, not finished ones;
+// every queue asked for is answered, and the count stops at its limit.
+func TestReadBacklog(t *testing.T) {
+	env := newEnv(t, Options{Backoff: []time.Duration{time.Hour}, Jitter: NoJitter})
+	q := env.q
+	read := func(limit int) map[string]Backlog {
+		t.Helper()
+		b, err := ReadBacklog(ctxT(t), env.pool, []string{"bq", "idle"}, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if b := read(0); b["bq"] != (Backlog{}) || b["idle"] != (Backlog{}) || len(b) != 2 {
+		t.Fatalf("empty queues read as %+v", b)
+	}
+	steps := make([]NewStep, 8)
+	for i := range steps {
+		steps[i] = NewStep{Queue: "bq", Handler: "h"}
+	}
+	mustEnqueue(t, q, steps...)
+	mustEnqueue(t, q, NewStep{Queue: "bq", Handler: "later", Delay: time.Hour})
+	// Live claims leave the backlog, an expired claim comes back to it, a
+	// completed or retried (an hour's backoff) step does not.
+	mustClaim(t, q, []string{"bq"}, 2, time.Hour)
+	expired := mustClaim(t, q, []string{"bq"}, 1, time.Millisecond)
+	done := mustClaim(t, q, []string{"bq"}, 2, time.Hour)
+	mustComplete(t, q, Completion{Claim: done[0].Claim(), Outcome: Success}, Completion{Claim: done[1].Claim(), Outcome: RetryableFailure})
+	var b Backlog
+	eventually(t, 10*time.Second, "the expired claim back in the backlog", func() bool { b = read(0)["bq"]; return b.Ready == 4 })
+	if b.Capped || b.OldestReady <= 0 || b.OldestReady > time.Minute {
+		t.Errorf("backlog %+v (expired claim %d)", b, expired[0].ID)
+	}
+	if b := read(3)["bq"]; b.Ready != 3 || !b.Capped {
+		t.Errorf("a count stopped at 3 read as %+v", b)
+	}
+}
+
 func TestMetricsAfterOperations(t *testing.T) {
 	env := newEnv(t, Options{Queues: []string{"mq", "idle"}, Backoff: []time.Duration{time.Hour}, Jitter: NoJitter})
 	q := env.q
@@ -732,18 +798,6 @@ func TestMetricsAfterOperations(t *testing.T) {
 		steps[i] = NewStep{Queue: "mq", Handler: "h"}
 	}
 	mustEnqueue(t, q, steps...)
-	if err := q.RefreshStats(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
-	if v := metricValue(t, env.reg, "tasker_queue_depth", "queue", "mq"); v != 6 {
-		t.Fatalf("depth = %v", v)
-	}
-	if v := metricValue(t, env.reg, "tasker_queue_depth", "queue", "idle"); v != 0 {
-		t.Fatalf("idle depth = %v", v)
-	}
-	if v := metricValue(t, env.reg, "tasker_queue_oldest_ready_age_seconds", "queue", "mq"); v < 0 || v > 60 {
-		t.Fatalf("oldest age = %v", v)
-	}
 
 	c := mustClaim(t, q, []string{"mq"}, 5, time.Hour)
 	mustComplete(t, q,
@@ -774,25 +828,6 @@ func TestMetricsAfterOperations(t *testing.T) {
 		}
 	}
 
-	// One ready step left; the retried one waits an hour; drain the rest.
-	if err := q.RefreshStats(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
-	if v := metricValue(t, env.reg, "tasker_queue_depth", "queue", "mq"); v != 1 {
-		t.Fatalf("depth after claims = %v", v)
-	}
-	last := mustClaim(t, q, []string{"mq"}, 5, time.Hour)
-	mustComplete(t, q, Completion{Claim: last[0].Claim(), Outcome: Success})
-	if err := q.RefreshStats(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
-	if v := metricValue(t, env.reg, "tasker_queue_depth", "queue", "mq"); v != 0 {
-		t.Fatalf("depth after drain = %v", v)
-	}
-	if v := metricValue(t, env.reg, "tasker_queue_oldest_ready_age_seconds", "queue", "mq"); v != 0 {
-		t.Fatalf("oldest age after drain = %v", v)
-	}
-
 	// Registering a second queue's metrics on the same registry fails loudly.
 	if _, err := New(env.pool, Options{}, env.reg); err == nil {
 		t.Fatal("double registration not reported")
@@ -804,25 +839,6 @@ func TestMetricsAfterOperations(t *testing.T) {
 	// Never the global registry.
 	if _, err := New(env.pool, Options{}, prometheus.NewRegistry()); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestPurgeCompleted(t *testing.T) {
-	env := newEnv(t, Options{})
-	mustEnqueue(t, env.q, NewStep{Queue: "pg", Handler: "h"}, NewStep{Queue: "pg", Handler: "h"}, NewStep{Queue: "pg", Handler: "h"})
-	c := mustClaim(t, env.q, []string{"pg"}, 3, time.Hour)
-	mustComplete(t, env.q, Completion{Claim: c[0].Claim(), Outcome: Success}, Completion{Claim: c[1].Claim(), Outcome: PermanentFailure})
-	n, err := env.q.PurgeCompleted(ctxT(t), time.Hour, 100)
-	if err != nil || n != 0 {
-		t.Fatalf("purged recent: %d %v", n, err)
-	}
-	n, err = env.q.PurgeCompleted(ctxT(t), -time.Second, 100)
-	if err != nil || n != 1 {
-		t.Fatalf("purge: %d %v", n, err)
-	}
-	stats, _ := env.q.Stats(ctxT(t))
-	if s := stats["pg"]; s.Completed != 0 || s.Dead != 1 || s.Claimed != 1 {
-		t.Fatalf("stats after purge %+v", s)
 	}
 }
 
@@ -873,5 +889,34 @@ func TestMigrationsAreOrdered(t *testing.T) {
 	}
 	if LatestSchemaVersion != migrations[len(migrations)-1].version {
 		t.Fatalf("LatestSchemaVersion %d, last migration %d", LatestSchemaVersion, migrations[len(migrations)-1].version)
+	}
+}
+
+// A claim on the final attempt whose owner is only late with its heartbeat
+// is not dead-lettered by another claimer within the grace: the owner's late
+// Extend still holds it and its result is applied.
+func TestLateHeartbeatOnFinalAttemptWithinGrace(t *testing.T) {
+	env := newEnv(t, Options{FinalAttemptGrace: time.Hour})
+	enq := mustEnqueue(t, env.q, NewStep{Queue: "g", Handler: "slow", MaxAttempts: 1})
+	c := mustClaim(t, env.q, []string{"g"}, 1, 50*time.Millisecond)
+	if len(c) != 1 {
+		t.Fatal("no claim")
+	}
+	eventually(t, 10*time.Second, "the claim's visibility to pass", func() bool {
+		return dbNow(t, env.pool).After(mustGet(t, env.q, enq[0].ID).VisibleAt)
+	})
+	if got := mustClaim(t, env.q, []string{"g"}, 1, time.Minute); len(got) != 0 {
+		t.Fatalf("an expired final-attempt claim was redelivered within the grace: %+v", got)
+	}
+	if st := mustGet(t, env.q, enq[0].ID); st.State != StateClaimed {
+		t.Fatalf("within the grace the step is %s, want claimed (last_error %s)", st.State, st.LastError)
+	}
+	lost, err := env.q.Extend(ctxT(t), []Claim{c[0].Claim()}, time.Minute)
+	if err != nil || len(lost) != 0 {
+		t.Fatalf("late heartbeat: lost %v, %v", lost, err)
+	}
+	res := mustComplete(t, env.q, Completion{Claim: c[0].Claim(), Outcome: Success})
+	if !res[0].Applied || res[0].State != StateCompleted {
+		t.Fatalf("the owner's result after a late heartbeat: %+v", res[0])
 	}
 }

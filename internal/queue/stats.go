@@ -14,61 +14,6 @@ import (
 // ErrNotFound is returned by Get for an id that does not exist.
 var ErrNotFound = errors.New("step not found")
 
-// refreshSQL counts claimable steps (exactly Claim's predicate, so it is
-// answered from the partial index) and the age of the oldest per queue.
-const refreshSQL = `
-SELECT queue, count(*), coalesce(extract(epoch FROM now() - min(visible_at)), 0)::float8
-FROM tasker_steps
-WHERE state IN ('ready', 'claimed') AND visible_at <= now()
-  AND (cardinality($1::text[]) = 0 OR queue = ANY($1::text[]))
-GROUP BY queue`
-
-// RefreshStats updates the tasker_queue_depth and
-// tasker_queue_oldest_ready_age_seconds gauges from one cheap query. The
-// worker calls it periodically (every few seconds); it is not called on the
-// claim path. Queues in Options.Queues, and any queue seen before, are set to
-// 0 when they have nothing claimable, so a drained queue does not keep
-// reporting its last backlog.
-func (q *Queue) RefreshStats(ctx context.Context) error {
-	q.statsMu.Lock()
-	defer q.statsMu.Unlock()
-	filter := q.opts.Queues
-	if filter == nil {
-		filter = []string{}
-	}
-	rows, err := q.pool.Query(ctx, refreshSQL, filter)
-	if err != nil {
-		return fmt.Errorf("refresh queue stats: %w", err)
-	}
-	type row struct {
-		depth int64
-		age   float64
-	}
-	got := map[string]row{}
-	for rows.Next() {
-		var name string
-		var r row
-		if err := rows.Scan(&name, &r.depth, &r.age); err != nil {
-			rows.Close()
-			return fmt.Errorf("refresh queue stats: %w", err)
-		}
-		got[name] = r
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("refresh queue stats: %w", err)
-	}
-	for name := range got {
-		q.statsQueues[name] = true
-	}
-	for name := range q.statsQueues {
-		r := got[name]
-		q.m.depth.WithLabelValues(name).Set(float64(r.depth))
-		q.m.oldestAge.WithLabelValues(name).Set(max(r.age, 0))
-	}
-	return nil
-}
-
 // QueueStats counts one queue's steps by state, for tests, the CLI and
 // readiness reporting.
 type QueueStats struct {
@@ -109,7 +54,7 @@ ORDER BY queue`
 
 // Stats counts every queue's steps by state. It scans the whole table
 // (completed steps included), so it is for tests and operators, not for a
-// hot loop; RefreshStats is the cheap, periodic one.
+// hot loop; ReadBacklog is the cheap one, for autoscaling.
 func (q *Queue) Stats(ctx context.Context) (map[string]QueueStats, error) {
 	rows, err := q.pool.Query(ctx, statsSQL)
 	if err != nil {
@@ -208,26 +153,26 @@ func (q *Queue) Get(ctx context.Context, id int64) (Step, error) {
 	return s, nil
 }
 
-const purgeSQL = `
-DELETE FROM tasker_steps
-WHERE id IN (
-	SELECT id FROM tasker_steps
-	WHERE state = 'completed' AND completed_at < now() - $1::bigint * interval '1 microsecond'
-	LIMIT $2
-)`
-
-// PurgeCompleted deletes up to limit completed steps older than olderThan
-// and returns how many it deleted. Dead steps are never purged (someone has
-// to look at them). Completed rows otherwise accumulate forever; an operator
-// or a periodic job calls this in bounded batches so it never holds long
-// locks.
-func (q *Queue) PurgeCompleted(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
-	if limit <= 0 {
-		return 0, nil
-	}
-	tag, err := q.pool.Exec(ctx, purgeSQL, olderThan.Microseconds(), limit)
+// CountByState counts the steps of every queue by state, in one statement.
+// States without steps are absent.
+func (q *Queue) CountByState(ctx context.Context) (map[State]int, error) {
+	rows, err := q.pool.Query(ctx, `SELECT state, count(*) FROM tasker_steps GROUP BY state`)
 	if err != nil {
-		return 0, fmt.Errorf("purge completed steps older than %v: %w", olderThan, err)
+		return nil, fmt.Errorf("count steps by state: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	out := map[State]int{}
+	for rows.Next() {
+		var s string
+		var n int
+		if err := rows.Scan(&s, &n); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("count steps by state: %w", err)
+		}
+		out[State(s)] = n
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count steps by state: %w", err)
+	}
+	return out, nil
 }

@@ -184,12 +184,7 @@ func produce(ctx context.Context, q *queue.Queue, n int) error {
 func BenchmarkEndToEnd(b *testing.B) {
 	pgb := pgbenchTPS(b)
 	cfg := benchConfig("bench-e2e")
-	var ran atomic.Int64
-	reg := dispatch.NewRegistry()
-	reg.MustRegister("noop", dispatch.HandlerFunc(func(context.Context, *dispatch.StepMessage) (json.RawMessage, error) {
-		ran.Add(1)
-		return nil, nil
-	}))
+	reg, ran := countingNoop()
 	w, e, stop, errs := benchWorker(b, cfg, reg)
 	n := b.N
 	ctx := context.Background()

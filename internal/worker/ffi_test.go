@@ -17,12 +17,7 @@ import (
 // ffi_timeout failure that reaches the queue and is retried.
 func TestFFIModeCompletesAndTimesOut(t *testing.T) {
 	e := newEnv(t)
-	cfg := testConfig("ffi")
-	fc := &cfg.Worker.MPSCChannels.FFIDispatch
-	fc.Enabled = true
-	fc.CompletionTimeoutMS = 300
-	fc.StarvationWarningThresholdMS = 100
-	r := startWorker(t, e, cfg, nil)
+	r := startWorker(t, e, ffiConfig("ffi", 100, 300), nil)
 	ch := r.w.FFI()
 	if ch == nil {
 		t.Fatal("FFI channel missing with ffi_dispatch.enabled")
@@ -78,9 +73,7 @@ func TestFFIModeCompletesAndTimesOut(t *testing.T) {
 // ones may still be completed during the drain.
 func TestFFIModeDrain(t *testing.T) {
 	e := newEnv(t)
-	cfg := testConfig("ffi-drain")
-	cfg.Worker.MPSCChannels.FFIDispatch.Enabled = true
-	r := startWorker(t, e, cfg, nil)
+	r := startWorker(t, e, ffiConfig("ffi-drain", 10000, 30000), nil)
 	ch := r.w.FFI()
 	enqueue(t, e.q, 5, "py", `{}`, nil)
 	var m dispatch.StepMessage

@@ -67,9 +67,13 @@ const claimTimeout = 30 * time.Second
 // the server has not started yet (a busy machine) still runs and commits,
 // and could claim, after the drain released them, steps the stopped worker
 // never hears of; they would sit claimed until their visibility expired.
+//
+// It does end at the drain deadline (w.hard): a claim still running then,
+// say against an unreachable database, must not hold up the exit; whatever
+// it claimed expires and is redelivered.
 func (w *Worker) claim(ctx context.Context, room int) ([]queue.ClaimedStep, error) {
 	qc := w.cfg.Worker.Queue
-	claimCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
+	claimCtx, cancel := context.WithTimeout(w.hard, claimTimeout)
 	defer cancel()
 	return w.queue.Claim(claimCtx, qc.Namespaces, w.id, room, qc.VisibilityTimeout())
 }
@@ -92,19 +96,26 @@ func (w *Worker) room() int {
 // not yet handed over go straight back to the queue.
 func (w *Worker) feed(ctx context.Context, steps []queue.ClaimedStep) bool {
 	w.claims.add(steps)
+	now := time.Now()
 	for i, s := range steps {
-		select {
-		case w.dispatchCh <- message(s):
-		case <-ctx.Done():
-			rest := make([]dispatch.StepMessage, 0, len(steps)-i)
-			for _, r := range steps[i:] {
-				rest = append(rest, message(r))
+		m := message(s)
+		m.QueuedAt = now
+		if w.consumer.admit(ctx, &m) {
+			select {
+			case w.dispatchCh <- m:
+				continue
+			case <-ctx.Done():
+				w.consumer.unadmit(&m)
 			}
-			if err := w.release(rest); err != nil {
-				w.log.Error(err, "returning claimed steps at shutdown")
-			}
-			return false
 		}
+		rest := make([]dispatch.StepMessage, 0, len(steps)-i)
+		for _, r := range steps[i:] {
+			rest = append(rest, message(r))
+		}
+		if err := w.release(w.hard, rest); err != nil {
+			w.log.Error(err, "returning claimed steps at shutdown")
+		}
+		return false
 	}
 	return true
 }
@@ -116,6 +127,7 @@ func message(s queue.ClaimedStep) dispatch.StepMessage {
 		StepUUID: s.StepUUID.String(),
 		TaskUUID: s.TaskUUID.String(),
 		Handler:  s.Handler,
+		Queue:    s.Queue,
 		Payload:  s.Payload,
 		Attempt:  s.Attempt,
 		Timeout:  s.Timeout,
@@ -177,22 +189,6 @@ func (w *Worker) heartbeat(ctx context.Context) {
 // expires with half the margin an unfiltered heartbeat has.
 func heartbeatMinAge(interval, visibility time.Duration) time.Duration {
 	return max(0, min(interval/4, time.Second, (visibility-interval)/2))
-}
-
-// refreshStats keeps the queue depth and oldest-age gauges current.
-func (w *Worker) refreshStats(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		if err := w.queue.RefreshStats(ctx); err != nil && ctx.Err() == nil {
-			w.log.V(1).Info("refreshing queue stats failed", "error", err.Error())
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // sleepCtx waits d or until ctx ends, reporting whether d passed.

@@ -3,8 +3,10 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/seed-a17b38e7/workerpool-operator/internal/dispatch"
@@ -54,19 +56,53 @@ func (w *Worker) Persist(ctx context.Context, batch []*dispatch.Completion) erro
 	claims := make([]queue.Claim, len(res))
 	for i, r := range res {
 		claims[i] = r.Claim
+		c := batch[i]
 		switch {
 		case r.Err != nil:
-			w.log.Error(r.Err, "step result rejected by the queue", "id", r.ID)
+			w.log.Error(r.Err, "step result rejected by the queue", "id", r.ID, "stepUuid", c.Message.StepUUID)
 		case !r.Applied:
+			c.Fenced = true
 			w.log.V(1).Info("step result fenced out: the step was re-claimed after this claim expired", "id", r.ID)
+		case !c.Result.Success:
+			w.logFailure(c, r)
 		}
 	}
 	w.claims.remove(claims...)
-	select {
-	case w.capacityFreed <- struct{}{}:
-	default:
-	}
+	w.signalCapacity()
 	return nil
+}
+
+// maxLoggedStack bounds the stack a failure's log line carries.
+const maxLoggedStack = 8 << 10
+
+// logFailure writes one step failure the queue has just applied: at error
+// level, with the step, queue, handler and error type, and a panic's stack;
+// rate-limited separately for steps that go on to a retry and steps that are
+// now dead, so a flood of either cannot drown the log or hide the other.
+func (w *Worker) logFailure(c *dispatch.Completion, r queue.CompletionResult) {
+	dead := r.State == queue.StateDead
+	lim, msg := w.failureLog, "step failed; it is retried after its backoff"
+	if dead {
+		lim, msg = w.deadLog, "step dead-lettered: it failed and will not be retried"
+	}
+	if !lim.Allow() {
+		return
+	}
+	e := c.Result.Error
+	if e == nil {
+		e = &dispatch.StepError{Message: "no error details", ErrorType: c.Result.Metadata.ErrorType}
+	}
+	kv := []any{"stepUuid", c.Message.StepUUID, "id", r.ID, "queue", c.Message.Queue, "handler", c.Message.Handler,
+		"errorType", e.ErrorType, "retryable", e.Retryable, "attempt", c.Message.Attempt, "state", string(r.State),
+		"suppressedSinceLast", lim.Suppressed()}
+	if len(e.Backtrace) > 0 {
+		stack := strings.Join(e.Backtrace, "\n")
+		if len(stack) > maxLoggedStack {
+			stack = stack[:maxLoggedStack] + "\n..."
+		}
+		kv = append(kv, "stack", stack)
+	}
+	w.log.Error(errors.New(e.Message), msg, kv...)
 }
 
 // appendSuccessJSON appends the JSON of a plain success result (no error

@@ -19,6 +19,7 @@ import (
 	"github.com/seed-a17b38e7/workerpool-operator/internal/config"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/dispatch"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/ffi"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/lograte"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
 )
 
@@ -69,6 +70,19 @@ type Worker struct {
 	proc          *dispatch.CompletionProcessor
 	monitors      []*dispatch.ChannelMonitor
 	capacityFreed chan struct{}
+	callbacks     *dispatch.CallbackRunner
+	// givenBack carries completions whose results could not be delivered to
+	// the completion channel, for giveBackLoop to settle as retryable
+	// failures (see undelivered).
+	givenBack chan *dispatch.Completion
+	// hard ends when the drain deadline passes (or Run returns): statements
+	// that otherwise run to their end (a claim, returning steps) stop then,
+	// so the drain keeps its bound even with the database unreachable.
+	hard     context.Context
+	stopHard context.CancelFunc
+	// failureLog and deadLog rate-limit the log lines of failed and
+	// dead-lettered steps.
+	failureLog, deadLog *lograte.Limiter
 
 	started      atomic.Bool
 	draining     atomic.Bool
@@ -112,8 +126,13 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 		dispatchCh:    make(chan dispatch.StepMessage, dispatchBuffer),
 		completionCh:  make(chan *dispatch.Completion, hd.CompletionBufferSize),
 		capacityFreed: make(chan struct{}, 1),
-		reg:           prometheus.NewRegistry(),
+		// Every running handler may end undelivered at once: room for all.
+		givenBack:  make(chan *dispatch.Completion, hd.MaxConcurrentHandlers),
+		reg:        prometheus.NewRegistry(),
+		failureLog: lograte.New(20, 10*time.Second),
+		deadLog:    lograte.New(20, 10*time.Second),
 	}
+	w.hard, w.stopHard = context.WithCancel(context.Background())
 	w.drainTimeout.Store(int64(cfg.Worker.Drain.Timeout()))
 	if err := w.assemble(ctx, opts); err != nil {
 		pool.Close()
@@ -131,8 +150,11 @@ func (w *Worker) assemble(ctx context.Context, opts Options) error {
 		}
 	}
 	qc := w.cfg.Worker.Queue
+	// A final-attempt claim that expired is dead-lettered only after one
+	// more visibility timeout: its owner may just be late with a heartbeat.
 	q, err := queue.New(w.pool, queue.Options{Queues: qc.Namespaces, MaxAttempts: qc.MaxAttempts,
-		Backoff: opts.Backoff, Jitter: opts.Jitter, Logger: w.log.WithName("queue")}, w.reg)
+		Backoff: opts.Backoff, Jitter: opts.Jitter, Logger: w.log.WithName("queue"),
+		FinalAttemptGrace: qc.VisibilityTimeout()}, w.reg)
 	if err != nil {
 		return fmt.Errorf("queue: %w", err)
 	}
@@ -151,28 +173,34 @@ func (w *Worker) assemble(ctx context.Context, opts Options) error {
 		MaxConcurrentHandlers: hd.MaxConcurrentHandlers,
 		HandlerTimeout:        hd.HandlerTimeout(),
 		CompletionSendTimeout: hd.CompletionSendTimeout(),
-		Callback:              opts.Callback,
-		CallbackStrategy:      dispatch.CallbackStrategy(w.cfg.Worker.MPSCChannels.FFIDispatch.CallbackStrategy),
-		CallbackTimeout:       w.cfg.Worker.MPSCChannels.FFIDispatch.CallbackTimeout(),
+		Undelivered:           w.undelivered,
 	}, handlers, w.dispatchCh, w.completionCh, m, w.log.WithName("dispatch"))
 	w.consumer = native{w.svc}
-	if fc := w.cfg.Worker.MPSCChannels.FFIDispatch; fc.Enabled {
-		// Foreign handlers consume instead; max_concurrent_handlers then
-		// bounds the events foreign pollers may hold (through the intake).
+	fc := w.cfg.Worker.MPSCChannels.FFIDispatch
+	if fc.Enabled {
+		// Foreign handlers consume instead. Every event holds one of the
+		// service's permits from the intake until it is settled, so
+		// max_concurrent_handlers bounds what waits for and sits with
+		// foreign pollers, and in-flight and load shedding count it.
 		w.ffi = ffi.New(ffi.Config{
 			ServiceID: fc.ServiceID, WorkerID: w.id,
 			CompletionTimeout: fc.CompletionTimeout(), StarvationWarningThreshold: fc.StarvationWarningThreshold(),
 			CompletionSendTimeout: hd.CompletionSendTimeout(),
-			Callback:              opts.Callback, CallbackStrategy: dispatch.CallbackStrategy(fc.CallbackStrategy), CallbackTimeout: fc.CallbackTimeout(),
+			Permits:               w.svc.Semaphore(),
 		}, w.dispatchCh, w.completionCh, m, w.log.WithName("ffi"))
 		if err := w.ffi.RegisterMetrics(w.reg); err != nil {
 			return err
 		}
-		w.consumer = foreign{ch: w.ffi, dispatch: w.dispatchCh}
+		w.consumer = foreign{ch: w.ffi, permits: w.svc.Semaphore()}
 	}
+	// Post-handler callbacks run once a result is durable, in the
+	// completion processor (the key sits in the ffi_dispatch table for
+	// upstream compatibility, but applies to native handlers too).
+	w.callbacks = dispatch.NewCallbackRunner(opts.Callback, dispatch.CallbackStrategy(fc.CallbackStrategy), fc.CallbackTimeout(), 0,
+		dispatch.DefaultServiceID, m, w.log.WithName("callbacks"))
 	ls := w.cfg.Worker.LoadShedding
 	w.checker = dispatch.NewCapacityChecker(w.svc.Semaphore(), float64(ls.WarningThresholdPercent), float64(ls.RefuseThresholdPercent), w.log.WithName("capacity"))
-	w.proc = dispatch.NewCompletionProcessor(dispatch.ProcessorConfig{}, w.completionCh, w, m, w.log)
+	w.proc = dispatch.NewCompletionProcessor(dispatch.ProcessorConfig{Callbacks: w.callbacks}, w.completionCh, w, m, w.log)
 	w.monitors = []*dispatch.ChannelMonitor{
 		dispatch.NewChannelMonitor("dispatch", func() int { return len(w.dispatchCh) }, cap(w.dispatchCh),
 			hd.SaturationWarningThreshold, hd.SaturationCriticalThreshold, w.log),
@@ -251,15 +279,15 @@ func (w *Worker) Registry() *prometheus.Registry { return w.reg }
 
 // Run serves until ctx ends (SIGTERM), then drains: it stops claiming,
 // reports not ready, returns unstarted steps to the queue at once, lets
-// running handlers finish within the drain timeout, settles their results
-// and returns. A nil error means nothing was left behind.
+// running handlers finish, settles their results and returns, all within
+// worker.drain.timeout_ms. A nil error means nothing was left behind.
 func (w *Worker) Run(ctx context.Context) error {
 	ran := false
 	w.runOnce.Do(func() { ran = true })
 	if !ran {
 		return errors.New("worker: Run called twice")
 	}
-	defer w.pool.Close()
+	defer w.stopHard()
 	bg, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
 
@@ -273,7 +301,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		go mon.Watch(bg, 0)
 	}
 	go w.heartbeat(bg)
-	go w.refreshStats(bg)
+	go w.giveBackLoop(bg)
+	go w.retention(bg)
 	srv := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(w.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -287,75 +316,131 @@ func (w *Worker) Run(ctx context.Context) error {
 		"listen", w.ln.Addr().String())
 
 	<-ctx.Done()
-	err := w.drain(intakeDone, procDone, stopProc)
+	deadline := time.Now().Add(time.Duration(w.drainTimeout.Load()))
+	err := w.drain(deadline, intakeDone, procDone, stopProc)
 	stopBackground()
 	<-consumerDone
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// The HTTP server goes within what is left of the budget.
+	shutdownCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	_ = srv.Shutdown(shutdownCtx)
+	if srv.Shutdown(shutdownCtx) != nil {
+		_ = srv.Close()
+	}
+	// Closing the pool waits for its connections to close, and with the
+	// database unreachable pgx waits up to 15 s per connection for a cancel
+	// request: the rest happens after Run has returned (the process exits,
+	// or a library caller goes on).
+	closed := make(chan struct{})
+	go func() { w.pool.Close(); close(closed) }()
+	t := time.NewTimer(max(time.Until(deadline), 0))
+	defer t.Stop()
+	select {
+	case <-closed:
+	case <-t.C:
+	}
 	return err
 }
 
-// drain is the SIGTERM path; see Run.
-func (w *Worker) drain(intakeDone <-chan struct{}, procDone <-chan error, stopProc context.CancelFunc) error {
+// drainSettleShare is the part of the drain timeout kept for settling
+// results after the handlers' own deadline (at most drainSettleMax).
+const (
+	drainSettleShare = 4 // a quarter
+	drainSettleMax   = 5 * time.Second
+)
+
+// drain is the SIGTERM path; see Run. Everything it does ends by deadline:
+// handlers get the budget less a share kept for settling their results;
+// statements that would otherwise run on (a claim in flight, returning
+// steps) are cancelled at the deadline; whatever is unsettled then stays
+// claimed in the queue and is redelivered when its claim expires.
+func (w *Worker) drain(deadline time.Time, intakeDone <-chan struct{}, procDone <-chan error, stopProc context.CancelFunc) error {
 	w.draining.Store(true)
 	start := time.Now()
-	timeout := time.Duration(w.drainTimeout.Load())
+	timeout := deadline.Sub(start)
+	atDeadline := time.AfterFunc(timeout, w.stopHard)
+	defer atDeadline.Stop()
+	ctx := w.hard
+	handlersCtx, cancelHandlers := context.WithDeadline(ctx, deadline.Add(-min(timeout/drainSettleShare, drainSettleMax)))
+	defer cancelHandlers()
 	w.log.Info("draining: stopped claiming", "drainTimeout", timeout, "claimsHeld", w.claims.len())
-	<-intakeDone
-	drainCtx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
 	var errs []error
+	<-intakeDone // a claim in flight ends at the deadline at the latest
 	unstarted := w.consumer.stop()
-	if len(unstarted) > 0 {
-		if err := w.release(unstarted); err != nil {
-			errs = append(errs, err)
-		}
+	if err := w.release(ctx, unstarted); err != nil {
+		errs = append(errs, err)
 	}
-	abandoned, drainErr := w.consumer.finish(drainCtx)
+	abandoned, late, drainErr := w.consumer.finish(handlersCtx)
+	if err := w.release(ctx, late); err != nil {
+		errs = append(errs, err)
+	}
 	if len(abandoned) > 0 {
-		if err := w.release(abandoned); err != nil {
+		if err := w.abandon(ctx, abandoned); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if drainErr != nil {
-		w.log.Info("drain deadline passed", "detail", drainErr.Error())
+		w.log.Info("drain deadline for handlers passed", "detail", drainErr.Error())
 	}
-	// Handlers that ignore cancellation get a short grace; whatever is still
-	// running after it stays claimed and is redelivered when its claim expires.
-	if w.consumer.quiesce(5 * time.Second) {
+	// Handlers that ignore cancellation may use what is left of the budget;
+	// whatever still runs then stays claimed and is redelivered when its
+	// claim expires.
+	if w.consumer.quiesce(time.Until(deadline)) {
 		close(w.completionCh) // every producer is done: the processor flushes and returns
 	} else {
-		errs = append(errs, errors.New("handlers still running after the drain deadline; their steps will be redelivered"))
-		time.AfterFunc(5*time.Second, stopProc) // flush what is there, then stop
+		errs = append(errs, errors.New("handlers still running at the drain deadline; their steps will be redelivered"))
 	}
 	select {
 	case err := <-procDone:
 		if err != nil {
 			errs = append(errs, err)
 		}
-	case <-time.After(15 * time.Second):
+	case <-ctx.Done():
 		stopProc()
 		if err := <-procDone; err != nil {
 			errs = append(errs, err)
 		}
 	}
-	w.log.Info("drained", "took", time.Since(start), "returnedToQueue", len(unstarted)+len(abandoned), "stillClaimed", w.claims.len())
+	if n := w.callbacks.Wait(ctx); n > 0 {
+		w.log.Info("post-handler callbacks still running at the drain deadline", "running", n)
+	}
+	w.log.Info("drained", "took", time.Since(start), "returnedToQueue", len(unstarted)+len(late), "abandoned", len(abandoned),
+		"stillClaimed", w.claims.len())
 	return errors.Join(errs...)
 }
 
-// release returns never-started steps to the queue at once.
-func (w *Worker) release(msgs []dispatch.StepMessage) error {
+// release returns never-started steps to the queue at once, their attempt
+// given back.
+func (w *Worker) release(ctx context.Context, msgs []dispatch.StepMessage) error {
+	if len(msgs) == 0 {
+		return nil
+	}
 	claims := make([]queue.Claim, len(msgs))
 	for i, m := range msgs {
 		claims[i] = receiptClaim(m.Receipt)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, err := w.queue.Release(ctx, claims); err != nil {
 		return fmt.Errorf("return %d unstarted steps to the queue (they will reappear when their claims expire): %w", len(claims), err)
 	}
 	w.claims.remove(claims...)
+	return nil
+}
+
+// abandon settles steps a foreign handler had polled but did not complete
+// before the worker stopped: their attempt happened, so each is a retryable
+// ffi_abandoned failure (retried after its backoff, dead once its attempts
+// are used up), never an attempt given back.
+func (w *Worker) abandon(ctx context.Context, msgs []dispatch.StepMessage) error {
+	batch := make([]*dispatch.Completion, len(msgs))
+	for i, m := range msgs {
+		batch[i] = &dispatch.Completion{Message: m, Result: dispatch.FailureResult(m.StepUUID,
+			"FFI handler polled the event but did not complete it before the worker stopped",
+			dispatch.ErrorTypeFFIAbandoned, true, 0, map[string]any{"event_id": m.EventID})}
+	}
+	if err := w.Persist(ctx, batch); err != nil {
+		return fmt.Errorf("settle %d polled but uncompleted FFI steps (they will reappear when their claims expire): %w", len(msgs), err)
+	}
 	return nil
 }
 

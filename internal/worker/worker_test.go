@@ -181,7 +181,7 @@ func TestMetricsAndProbes(t *testing.T) {
 		"tasker_dispatch_capacity", "tasker_callback_timeouts_total", "tasker_semaphore_acquisition_failures_total",
 		"tasker_steps_completed_total", "tasker_queue_claimed_total", "tasker_queue_acknowledged_total",
 		"tasker_queue_redelivered_total", "tasker_queue_dead_total", "tasker_queue_claim_duration_seconds_bucket",
-		"tasker_queue_depth", "tasker_queue_oldest_ready_age_seconds", "process_resident_memory_bytes", "tasker_worker_info",
+		"process_resident_memory_bytes", "tasker_worker_info",
 	} {
 		metricLine(t, body, name)
 	}

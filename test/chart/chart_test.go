@@ -252,8 +252,10 @@ func TestCustomValues(t *testing.T) {
 fullnameOverride: ops
 image: {repository: registry.local/wpo, tag: v9.9.9, pullPolicy: Never}
 imagePullSecrets: [{name: regcred}]
+readQueues: false
 manager:
   statusInterval: 30s
+  autoscaleInterval: 5s
   scrapeTimeout: 1500ms
   scrapeConcurrency: 1000000
   maxConcurrentReconciles: 8
@@ -300,12 +302,18 @@ affinity:
 	}
 	wantArgs := []string{
 		"--health-probe-bind-address=:8081", "--metrics-bind-address=:8443",
-		"--leader-elect", "--leader-election-namespace=" + namespace,
-		"--status-interval=30s", "--scrape-timeout=1500ms", "--scrape-concurrency=1000000", "--max-concurrent-reconciles=8",
+		"--leader-elect", "--leader-election-namespace=" + namespace, "--read-queues=false",
+		"--status-interval=30s", "--autoscale-interval=5s", "--scrape-timeout=1500ms", "--scrape-concurrency=1000000", "--max-concurrent-reconciles=8",
 		"--kube-api-qps=2.5", "--kube-api-burst=10", "--zap-log-level=3", "--zap-encoder=console", "--enable-http2",
 	}
 	if !slices.Equal(c.Args, wantArgs) {
 		t.Errorf("args = %q\nwant %q", c.Args, wantArgs)
+	}
+	// Without queue reading, the operator may not read Secrets at all.
+	for _, r := range kubeobjects.Typed[*rbacv1.ClusterRole](t, objs.Get(t, "ClusterRole", "ops-manager")).Rules {
+		if slices.Contains(r.Resources, "secrets") {
+			t.Errorf("readQueues=false still grants %v on secrets", r.Verbs)
+		}
 	}
 	checkManagerAcceptsArgs(t, c.Args)
 	if pod.Spec.ServiceAccountName != "operator" || !slices.Equal(pod.Spec.ImagePullSecrets, []corev1.LocalObjectReference{{Name: "regcred"}}) {
@@ -1142,8 +1150,8 @@ func defaultArgs(watch []string) []string {
 	if len(watch) > 0 {
 		args = append(args, "--watch-namespaces="+strings.Join(watch, ","))
 	}
-	return append(args, "--status-interval=15s", "--scrape-timeout=2s", "--scrape-concurrency=64", "--max-concurrent-reconciles=4",
-		"--zap-log-level=info", "--zap-encoder=json")
+	return append(args, "--read-queues=true", "--status-interval=15s", "--autoscale-interval=2s", "--scrape-timeout=2s",
+		"--scrape-concurrency=64", "--max-concurrent-reconciles=4", "--zap-log-level=info", "--zap-encoder=json")
 }
 
 // checkDeployment: the manager Deployment passes kubeobjects.CheckManager,

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
@@ -93,7 +94,7 @@ func TestChildrenOfAPool(t *testing.T) {
 	}
 	c := ps.Containers[0]
 	if c.Image != "tasker-worker:dev" || c.Ports[0].Name != "metrics" || c.Ports[0].ContainerPort != 9090 ||
-		c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" ||
+		c.LivenessProbe.HTTPGet.Path != "/livez" || c.ReadinessProbe.HTTPGet.Path != "/readyz" ||
 		c.LivenessProbe.HTTPGet.Port.StrVal != "metrics" || c.Resources.Requests.Cpu().String() != "250m" {
 		t.Errorf("container %+v", c)
 	}
@@ -551,4 +552,152 @@ func table(t *testing.T, wp *v1.WorkerPool) map[string]any {
 		out[col.Name] = tbl.Rows[0].Cells[i]
 	}
 	return out
+}
+
+// Everything spec.template sets reaches the Deployment, merged with the
+// operator's worker; removing the template removes it all again and brings
+// back the operator's restricted defaults.
+func TestTemplateReachesTheDeployment(t *testing.T) {
+	wp := operatedPool("templated")
+	wp.Spec.Template = &corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "scoring"}, Annotations: map[string]string{"example.com/owner": "ml"}},
+		Spec: corev1.PodSpec{
+			ImagePullSecrets:          []corev1.LocalObjectReference{{Name: "registry"}},
+			PriorityClassName:         "batch",
+			TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{MaxSkew: 1, TopologyKey: "topology.kubernetes.io/zone", WhenUnsatisfiable: corev1.ScheduleAnyway, LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{v1.PoolLabel: "templated"}}}},
+			SecurityContext:           &corev1.PodSecurityContext{RunAsUser: ptr(int64(1000)), RunAsNonRoot: ptr(true)},
+			InitContainers: []corev1.Container{
+				{Name: "fetch-handlers", Image: "busybox:1", Command: []string{"cp", "-r", "/src/.", "/app/"}},
+				{Name: "proxy", Image: "envoy:1", RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways)},
+			},
+			Containers: []corev1.Container{{Name: "worker",
+				Env:          []corev1.EnvVar{{Name: "HANDLERS", Value: "/app"}},
+				VolumeMounts: []corev1.VolumeMount{{Name: "handlers", MountPath: "/app"}},
+				StartupProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("metrics")}}, FailureThreshold: 30},
+				Lifecycle:    &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 3}}},
+			}},
+			Volumes: []corev1.Volume{{Name: "handlers", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+		},
+	}
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "templated", Namespace: operatedNS}}
+	worker := func() corev1.Container {
+		for _, c := range dep.Spec.Template.Spec.Containers {
+			if c.Name == "worker" {
+				return c
+			}
+		}
+		return corev1.Container{}
+	}
+	eventually(t, "the template on the Deployment", 20*time.Second, func() (bool, string) {
+		if err := k8s.Get(ctx(t), keyOf(dep), dep); err != nil {
+			return false, err.Error()
+		}
+		return len(dep.Spec.Template.Spec.InitContainers) == 2, fmt.Sprintf("%+v", dep.Spec.Template.Spec)
+	})
+	tpl, ps, w := dep.Spec.Template, dep.Spec.Template.Spec, worker()
+	for what, ok := range map[string]bool{
+		"label":                tpl.Labels["app"] == "scoring" && tpl.Labels[v1.PoolLabel] == "templated",
+		"annotation":           tpl.Annotations["example.com/owner"] == "ml",
+		"image pull secret":    len(ps.ImagePullSecrets) == 1 && ps.ImagePullSecrets[0].Name == "registry",
+		"priority class":       ps.PriorityClassName == "batch",
+		"topology spread":      len(ps.TopologySpreadConstraints) == 1,
+		"pod security context": ps.SecurityContext != nil && *ps.SecurityContext.RunAsUser == 1000 && ps.SecurityContext.FSGroup == nil,
+		"init container and native sidecar": ps.InitContainers[0].Name == "fetch-handlers" && ps.InitContainers[1].RestartPolicy != nil &&
+			*ps.InitContainers[1].RestartPolicy == corev1.ContainerRestartPolicyAlways,
+		"the image from spec.image":      w.Image == "tasker-worker:dev",
+		"startup probe":                  w.StartupProbe != nil && w.StartupProbe.FailureThreshold == 30,
+		"lifecycle hook":                 w.Lifecycle != nil && w.Lifecycle.PreStop != nil,
+		"extra env beside the worker's":  len(w.Env) == 4 && w.Env[0].Name == "DATABASE_URL" && w.Env[3].Name == "HANDLERS",
+		"extra mount beside worker.toml": len(w.VolumeMounts) == 3,
+		"metrics port":                   w.Ports[0].Name == "metrics" && w.Ports[0].ContainerPort == 9090,
+	} {
+		if !ok {
+			t.Errorf("%s: not on the Deployment: %+v", what, ps)
+		}
+	}
+
+	update(t, wp, func(w *v1.WorkerPool) { w.Spec.Template = nil })
+	eventually(t, "the template's fields gone", 20*time.Second, func() (bool, string) {
+		if err := k8s.Get(ctx(t), keyOf(dep), dep); err != nil {
+			return false, err.Error()
+		}
+		ps, w := dep.Spec.Template.Spec, worker()
+		left := []string{}
+		if len(ps.InitContainers) > 0 || len(ps.ImagePullSecrets) > 0 || ps.PriorityClassName != "" || len(ps.TopologySpreadConstraints) > 0 {
+			left = append(left, "pod fields")
+		}
+		if w.StartupProbe != nil || w.Lifecycle != nil || len(w.Env) != 3 || len(w.VolumeMounts) != 2 || len(ps.Volumes) != 2 {
+			left = append(left, "worker fields")
+		}
+		if dep.Spec.Template.Labels["app"] != "" || dep.Spec.Template.Annotations["example.com/owner"] != "" {
+			left = append(left, "metadata")
+		}
+		if ps.SecurityContext == nil || ps.SecurityContext.RunAsUser == nil || *ps.SecurityContext.RunAsUser != 65532 {
+			left = append(left, "not the restricted default security context")
+		}
+		return len(left) == 0, fmt.Sprint(left)
+	})
+}
+
+// spec.suspend takes the pool to zero pods and keeps everything else; the
+// status says Suspended (Ready, so kstatus and kubectl wait see the spec
+// realised); resuming restores the replica count.
+func TestSuspendAndResume(t *testing.T) {
+	wp := operatedPool("paused")
+	wp.Spec.Replicas = ptr(int32(2))
+	if err := k8s.Create(ctx(t), wp); err != nil {
+		t.Fatal(err)
+	}
+	rollOut(t, wp, 2)
+	pods := []*corev1.Pod{
+		addPod(t, wp, "paused-0", startEndpoint(t, "127.0.0.81").Addr),
+		addPod(t, wp, "paused-1", startEndpoint(t, "127.0.0.82").Addr),
+	}
+	waitForStatus(t, wp, "Ready", func(w *v1.WorkerPool) bool { return condition(w, v1.ConditionReady).Reason == v1.ReasonPoolReady })
+	cm := mountedConfigMap(t, wp)
+
+	update(t, wp, func(w *v1.WorkerPool) { w.Spec.Suspend = true })
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "paused", Namespace: operatedNS}}
+	eventually(t, "Deployment scaled to zero", 20*time.Second, func() (bool, string) {
+		_ = k8s.Get(ctx(t), keyOf(dep), dep)
+		return *dep.Spec.Replicas == 0, fmt.Sprint(*dep.Spec.Replicas)
+	})
+	// The Deployment controller's part: the pods go.
+	rollOut(t, wp, 0)
+	for _, p := range pods {
+		if err := k8s.Delete(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := waitForStatus(t, wp, "Suspended", func(w *v1.WorkerPool) bool {
+		return condition(w, v1.ConditionReconciling).Reason == v1.ReasonSuspended
+	})
+	if c := condition(got, v1.ConditionReady); c.Status != metav1.ConditionTrue || c.Reason != v1.ReasonSuspended || !strings.Contains(c.Message, "suspended") {
+		t.Errorf("Ready while suspended: %+v", c)
+	}
+	if cells := table(t, got); cells["Reason"] != "Suspended" {
+		t.Errorf("kubectl get columns %v", cells)
+	}
+	if res := kstatusOf(t, wp); res.Status != kstatus.CurrentStatus {
+		t.Errorf("kstatus of a suspended pool %s (%s)", res.Status, res.Message)
+	}
+	if err := k8s.Get(ctx(t), keyOf(cm), &corev1.ConfigMap{}); err != nil {
+		t.Errorf("the pool's worker.toml went while suspended: %v", err)
+	}
+	if err := k8s.Get(ctx(t), client.ObjectKey{Namespace: operatedNS, Name: "paused"}, &corev1.Service{}); err != nil {
+		t.Errorf("the pool's Service went while suspended: %v", err)
+	}
+
+	update(t, wp, func(w *v1.WorkerPool) { w.Spec.Suspend = false })
+	eventually(t, "replicas restored", 20*time.Second, func() (bool, string) {
+		_ = k8s.Get(ctx(t), keyOf(dep), dep)
+		return *dep.Spec.Replicas == 2, fmt.Sprint(*dep.Spec.Replicas)
+	})
+	got = waitForStatus(t, wp, "resuming", func(w *v1.WorkerPool) bool { return w.Status.ObservedGeneration == w.Generation })
+	if c := condition(got, v1.ConditionReady); c.Reason == v1.ReasonSuspended {
+		t.Errorf("still Suspended after resuming: %+v", c)
+	}
 }

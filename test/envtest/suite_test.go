@@ -134,6 +134,8 @@ func startOperator() (stop func(), err error) {
 	r := &controllers.WorkerPoolReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder(controllers.FieldOwner),
 		Scraper: controllers.NewScraper(scrapeTimeout, 64), Metrics: pm, StatusInterval: statusInterval,
+		Queues:            &controllers.QueueReader{Secrets: mgr.GetAPIReader(), MaxAge: statusInterval / 2, Timeout: 5 * time.Second},
+		AutoscaleInterval: statusInterval,
 	}
 	if err := r.SetupWithManager(mgr, 4); err != nil {
 		return nil, err

@@ -1,12 +1,15 @@
 package envtest
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 )
@@ -78,6 +81,81 @@ func TestValidationRulesNameTheField(t *testing.T) {
 		{"name too long for its Deployment", func(w *v1.WorkerPool) { w.Name = strings.Repeat("p", 64) }, []string{"metadata.name must be at most 63 characters"}},
 		{"name with a dot, which no Service may have", func(w *v1.WorkerPool) { w.Name = "payments.v2" }, []string{"metadata.name must start with a letter", "DNS-1035"}},
 		{"name starting with a digit", func(w *v1.WorkerPool) { w.Name = "2payments" }, []string{"metadata.name must start with a letter"}},
+		{"image in two places", func(w *v1.WorkerPool) {
+			w.Spec.Template = workerTemplate(corev1.Container{Name: "worker", Image: "other:1"})
+		},
+			[]string{"spec.image and the image of the worker container in spec.template differ"}},
+		{"no image in either place", func(w *v1.WorkerPool) {
+			w.Spec.Image, w.Spec.Template = "", workerTemplate(corev1.Container{Name: "worker"})
+		}, []string{"spec.image is required (or the image of the container named worker in spec.template)"}},
+		{"command in two places", func(w *v1.WorkerPool) {
+			w.Spec.Command, w.Spec.Template = []string{"a"}, workerTemplate(corev1.Container{Name: "worker", Command: []string{"b"}})
+		}, []string{"spec.command and the command of the worker container in spec.template are both set"}},
+		{"args in two places", func(w *v1.WorkerPool) {
+			w.Spec.Args, w.Spec.Template = []string{"a"}, workerTemplate(corev1.Container{Name: "worker", Args: []string{"a"}})
+		}, []string{"spec.args and the args of the worker container in spec.template are both set"}},
+		{"resources in two places", func(w *v1.WorkerPool) {
+			limits := corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}
+			w.Spec.Resources = corev1.ResourceRequirements{Limits: limits}
+			w.Spec.Template = workerTemplate(corev1.Container{Name: "worker", Resources: corev1.ResourceRequirements{Limits: limits}})
+		}, []string{"spec.resources and the resources of the worker container in spec.template are both set"}},
+		{"service account in two places", func(w *v1.WorkerPool) {
+			w.Spec.ServiceAccountName, w.Spec.Template = "a", &corev1.PodTemplateSpec{Spec: corev1.PodSpec{ServiceAccountName: "b", Containers: []corev1.Container{{Name: "side", Image: "x"}}}}
+		}, []string{"spec.serviceAccountName and spec.template.spec.serviceAccountName differ"}},
+		{"affinity in two places", func(w *v1.WorkerPool) {
+			a := &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{PreferredDuringSchedulingIgnoredDuringExecution: []corev1.PreferredSchedulingTerm{{Weight: 1,
+				Preference: corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "zone", Operator: corev1.NodeSelectorOpExists}}}}}}}
+			w.Spec.Affinity = a
+			w.Spec.Template = &corev1.PodTemplateSpec{Spec: corev1.PodSpec{Affinity: a, Containers: []corev1.Container{{Name: "side", Image: "x"}}}}
+		}, []string{"spec.affinity and spec.template.spec.affinity are both set"}},
+		{"too many containers", func(w *v1.WorkerPool) {
+			w.Spec.Template = &corev1.PodTemplateSpec{}
+			for i := range 33 {
+				w.Spec.Template.Spec.Containers = append(w.Spec.Template.Spec.Containers, corev1.Container{Name: fmt.Sprintf("c%d", i), Image: "x"})
+			}
+		}, []string{"spec.template.spec.containers", "must have at most 32 items"}},
+		{"rollout that cannot move", func(w *v1.WorkerPool) {
+			w.Spec.Rollout = &v1.RolloutSpec{MaxSurge: ptr(intstr.FromInt32(0)), MaxUnavailable: ptr(intstr.FromString("0%"))}
+		}, []string{"spec.rollout: maxSurge and maxUnavailable cannot both be 0"}},
+		{"rollout surge not a percentage", func(w *v1.WorkerPool) { w.Spec.Rollout = &v1.RolloutSpec{MaxSurge: ptr(intstr.FromString("25 pods"))} },
+			[]string{"spec.rollout.maxSurge must be a non-negative number or a percentage"}},
+		{"rollout deadline zero", func(w *v1.WorkerPool) { w.Spec.Rollout = &v1.RolloutSpec{ProgressDeadlineSeconds: ptr(int32(0))} },
+			[]string{"spec.rollout.progressDeadlineSeconds"}},
+		{"disruption budget both ways", func(w *v1.WorkerPool) {
+			w.Spec.Disruption = &v1.DisruptionSpec{Enabled: true, MaxUnavailable: ptr(intstr.FromInt32(1)), MinAvailable: ptr(intstr.FromInt32(1))}
+		}, []string{"spec.disruption: set maxUnavailable or minAvailable, not both"}},
+		{"disruption budget switched off with a value", func(w *v1.WorkerPool) {
+			w.Spec.Disruption = &v1.DisruptionSpec{Enabled: false, MinAvailable: ptr(intstr.FromString("50%"))}
+		}, []string{"spec.disruption: maxUnavailable and minAvailable need enabled: true"}},
+		{"autoscaling min over max", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MinReplicas: ptr(int32(5)), MaxReplicas: 2, TargetOldestReadyAge: "5s"}
+		}, []string{"spec.autoscaling.minReplicas must be at most spec.autoscaling.maxReplicas"}},
+		{"autoscaling without a target", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 2}
+		}, []string{"spec.autoscaling needs at least one target"}},
+		{"replicas and autoscaling", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = ptr(int32(3)), &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "5s"}
+		}, []string{"spec.replicas and spec.autoscaling are both set"}},
+		{"autoscaling target age not a duration", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "5 seconds"}
+		}, []string{"spec.autoscaling.targetOldestReadyAge"}},
+		{"autoscaling zero target age", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "0s"}
+		}, []string{"spec.autoscaling.targetOldestReadyAge must be a positive duration"}},
+		{"autoscaling utilisation over 100", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 4, TargetUtilizationPercent: ptr(int32(150))}
+		}, []string{"spec.autoscaling.targetUtilizationPercent"}},
+		{"autoscaling policy of an unknown type", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "5s",
+				Behavior: &v1.AutoscalingBehavior{ScaleUp: &v1.ScalingRules{Policies: []v1.ScalingPolicy{{Type: "Nodes", Value: 1, Period: "15s"}}}}}
+		}, []string{"spec.autoscaling.behavior.scaleUp.policies[0].type", "Pods", "Percent"}},
+		{"autoscaling window too long", func(w *v1.WorkerPool) {
+			w.Spec.Replicas, w.Spec.Autoscaling = nil, &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "5s",
+				Behavior: &v1.AutoscalingBehavior{ScaleDown: &v1.ScalingRules{StabilizationWindow: "2h"}}}
+		}, []string{"spec.autoscaling.behavior.scaleDown.stabilizationWindow", "between 0s and 1h"}},
+		{"unknown eviction policy", func(w *v1.WorkerPool) {
+			w.Spec.Disruption = &v1.DisruptionSpec{Enabled: true, UnhealthyPodEvictionPolicy: "Never"}
+		}, []string{"spec.disruption.unhealthyPodEvictionPolicy", "AlwaysAllow", "IfHealthyBudget"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -96,6 +174,23 @@ func TestValidationRulesNameTheField(t *testing.T) {
 				}
 			}
 		})
+	}
+	// With autoscaling, spec.replicas may be left out, or left at its default.
+	auto := minimal("autoscaled-at-default")
+	auto.Spec.Autoscaling = &v1.AutoscalingSpec{MaxReplicas: 4, TargetOldestReadyAge: "5s"}
+	if err := k8s.Create(ctx(t), auto); err != nil {
+		t.Errorf("autoscaling with the default replicas refused: %v", err)
+	}
+	// The image may come from the template alone, and the same value may be
+	// given in both places.
+	fromTemplate := minimal("image-from-template")
+	fromTemplate.Spec.Image, fromTemplate.Spec.Template = "", workerTemplate(corev1.Container{Name: "worker", Image: "scoring:1"})
+	same := minimal("image-twice-alike")
+	same.Spec.Template = workerTemplate(corev1.Container{Name: "worker", Image: same.Spec.Image})
+	for _, wp := range []*v1.WorkerPool{fromTemplate, same} {
+		if err := k8s.Create(ctx(t), wp); err != nil {
+			t.Errorf("%s refused: %v", wp.Name, err)
+		}
 	}
 	// Blocking needs no callback timeout.
 	ok := minimal("blocking-without-timeout")
@@ -131,3 +226,8 @@ func TestStatusSubresourceAndPrinterColumns(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// workerTemplate is a pod template with the given containers.
+func workerTemplate(containers ...corev1.Container) *corev1.PodTemplateSpec {
+	return &corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: containers}}
+}

@@ -175,7 +175,9 @@ class PollerTest < Minitest::Test
   def test_retry_continues_after_stop_is_requested
     w = FakeWorker.new(events: [ev(1)], answers: [false] * 20)
     p = poller(w, retry_sleep: 0.005, idle_sleep: 0.001).start
-    sleep 0.02
+    # Stop once the event is in hand and being retried, however slow the machine.
+    deadline = Time.now + 10
+    Thread.pass until w.attempts >= 2 || Time.now > deadline
     p.stop
     assert_equal [1, 21], [w.completed.size, w.attempts]
   end

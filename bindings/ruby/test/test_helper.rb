@@ -15,7 +15,9 @@
 
 require "minitest/autorun"
 require "json"
+require "net/http"
 require "open3"
+require "socket"
 require "securerandom"
 require "taskerworker"
 
@@ -31,8 +33,8 @@ module Support
     "#{prefix}_#{SecureRandom.hex(6)}"
   end
 
-  # worker.toml for a test: loopback metrics on a free port, short polls.
-  def config(queue, ffi: {}, queue_opts: {}, handler: {}, drain_ms: 5000)
+  # worker.toml for a test: loopback metrics on a free port (or listen), short polls.
+  def config(queue, ffi: {}, queue_opts: {}, handler: {}, drain_ms: 5000, listen: "127.0.0.1:0")
     q = { "namespaces" => [queue], "poll_interval_ms" => 20, "batch_size" => 50, "visibility_timeout_ms" => 30_000 }
       .merge(queue_opts)
     f = { "completion_timeout_ms" => 30_000, "starvation_warning_threshold_ms" => 10_000 }.merge(ffi)
@@ -44,8 +46,30 @@ module Support
       "[worker.mpsc_channels.ffi_dispatch]", *kv.call(f),
       "[worker.queue]", *kv.call(q),
       "[worker.drain]", "timeout_ms = #{drain_ms}",
-      "[worker.http]", 'listen_address = "127.0.0.1:0"', ""
+      "[worker.http]", "listen_address = \"#{listen}\"", ""
     ].join("\n")
+  end
+
+  # A TCP port free right now on 127.0.0.1, for a worker whose endpoints a test reads.
+  def free_port
+    s = TCPServer.new("127.0.0.1", 0)
+    s.addr[1]
+  ensure
+    s&.close
+  end
+
+  # [status, body] of a GET; a 5xx is an answer here, not an exception.
+  def http_get(url)
+    r = Net::HTTP.get_response(URI(url))
+    [r.code.to_i, r.body.to_s]
+  end
+
+  # The value of an unlabelled sample on a /metrics page.
+  def metric(page, name)
+    line = page.lines.find { |l| l.start_with?("#{name} ") }
+    raise Minitest::Assertion, "metric #{name} not on the page" unless line
+
+    line.split.last.to_f
   end
 
   def run!(*args, stdin: nil)
@@ -89,10 +113,12 @@ module Support
     wait_for("an event to poll", timeout: timeout, interval: 0.01) { worker.poll }
   end
 
-  # Stop a worker a failed test may have left running (one per process).
+  # Stop a worker a failed test may have left running (one per process). The
+  # 1 ms drain cannot settle what is still in flight (it is redelivered
+  # later), which the stop reports as a DrainError: fine for a cleanup.
   def ensure_stopped
     TaskerWorker::Worker.new.stop(1)
-  rescue TaskerWorker::NotStartedError
+  rescue TaskerWorker::NotStartedError, TaskerWorker::DrainError
     nil
   end
 

@@ -69,7 +69,19 @@ The rules of a role in config/rbac, from the chart's generated copy
 {{- if or (hasKey $role "Error") (not $role.rules) }}
 {{- fail (printf "%s: no rules (%v); run make chart-generate" $file $role) }}
 {{- end }}
-{{- toYaml $role.rules }}
+{{- /* Reading Secrets serves only queue reading: without it, no access. */}}
+{{- $rules := list }}
+{{- range $role.rules }}
+{{- if and .resources (not $root.Values.readQueues) (has "secrets" .resources) }}
+{{- $rest := without .resources "secrets" }}
+{{- if $rest }}
+{{- $rules = append $rules (set (deepCopy .) "resources" $rest) }}
+{{- end }}
+{{- else }}
+{{- $rules = append $rules . }}
+{{- end }}
+{{- end }}
+{{- toYaml $rules }}
 {{- end }}
 
 {{/* The same role's labels that start with "rbac.authorization.k8s.io/aggregate-to-". */}}
