@@ -374,7 +374,7 @@ func (r *WorkerPoolReconciler) writeStatus(ctx context.Context, pool *v1.WorkerP
 	next := computeStatus(pool, *obs)
 	r.Metrics.observe(pool, &next)
 	if !statusNeedsWrite(pool.Status, next) {
-		return result, passErr
+		return settle(result, passErr)
 	}
 	updated := pool.DeepCopy()
 	updated.Status = next
@@ -382,14 +382,29 @@ func (r *WorkerPoolReconciler) writeStatus(ctx context.Context, pool *v1.WorkerP
 		if apierrors.IsConflict(err) {
 			// The cache had not caught up with a newer pool yet: try again
 			// with it. Not an error worth a log line.
-			return ctrl.Result{RequeueAfter: conflictRetry}, passErr
+			return settle(ctrl.Result{RequeueAfter: conflictRetry}, passErr)
 		}
-		return result, errors.Join(passErr, fmt.Errorf("write WorkerPool status: %w", err))
+		if apierrors.IsNotFound(err) {
+			// Deleted during the pass: no status is left to write, and
+			// its children go with it.
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, errors.Join(passErr, fmt.Errorf("write WorkerPool status: %w", err))
 	}
 	ctrl.LoggerFrom(ctx).V(1).Info("status written", "ready", next.ReadyReplicas, "pending", next.FFI.PendingEvents,
 		"saturation", next.Dispatch.CompletionSaturationPercent)
 	r.emitEvents(pool, statusEvents(pool.Status, next))
-	return result, passErr
+	return settle(result, passErr)
+}
+
+// settle returns the pass's result, or only its error when it failed:
+// controller-runtime retries a failed pass with backoff and ignores a
+// requeue time returned with an error.
+func settle(result ctrl.Result, err error) (ctrl.Result, error) {
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	return result, nil
 }
 
 // emitEvents records condition transitions on the pool.
