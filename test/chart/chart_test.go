@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,7 +24,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -38,6 +36,7 @@ import (
 
 	workersv1alpha1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 	"github.com/seed-a17b38e7/workerpool-operator/test/kubeobjects"
+	"github.com/seed-a17b38e7/workerpool-operator/test/monitoring"
 )
 
 const (
@@ -401,6 +400,8 @@ monitoring:
 	// operator's own Service.
 	wm := wMon.Decoded.(*kubeobjects.ServiceMonitor)
 	kubeobjects.CheckWorkerMonitor(t, wm, svc)
+	// What prometheus-operator makes of both monitors, relabeling included.
+	scrapes := monitoring.CheckScrapes(t, opMon.Decoded.(*kubeobjects.ServiceMonitor), wm, svc)
 	if wm.Spec.NamespaceSelector == nil || !wm.Spec.NamespaceSelector.Any || len(wm.Spec.NamespaceSelector.MatchNames) > 0 {
 		t.Errorf("cluster-wide worker ServiceMonitor namespaceSelector = %+v, want any", wm.Spec.NamespaceSelector)
 	}
@@ -409,7 +410,7 @@ monitoring:
 	}
 
 	checkPrometheusRule(t, rule)
-	checkDashboard(t, dash, kubeobjects.RelabelTargets(wm))
+	checkDashboard(t, dash, scrapes.WorkerTargetLabels)
 
 	// Watching namespaces, the worker monitor looks only there.
 	objs = render(t, "watchNamespaces: [a, b]\nmonitoring:\n  workerServiceMonitor: {enabled: true}\n")
@@ -467,36 +468,17 @@ func checkPrometheusRule(t *testing.T, rule kubeobjects.Object) {
 // ---------------------------------------------------------------------------
 // The Grafana dashboard
 
-type dashboard struct {
-	UID        string `json:"uid"`
-	Title      string `json:"title"`
-	Templating struct {
-		List []struct {
-			Name       string `json:"name"`
-			Type       string `json:"type"`
-			Query      any    `json:"query"`
-			Definition string `json:"definition"`
-		} `json:"list"`
-	} `json:"templating"`
-	Panels []struct {
-		ID         int    `json:"id"`
-		Title      string `json:"title"`
-		Type       string `json:"type"`
-		Datasource struct {
-			Type string `json:"type"`
-			UID  string `json:"uid"`
-		} `json:"datasource"`
-		Targets []struct {
-			RefID        string `json:"refId"`
-			Expr         string `json:"expr"`
-			LegendFormat string `json:"legendFormat"`
-		} `json:"targets"`
-	} `json:"panels"`
-}
-
 var legendLabel = regexp.MustCompile(`\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}`)
 
-func checkDashboard(t *testing.T, o kubeobjects.Object, relabeled map[string]string) {
+// dashboardValues stand for the dashboard's variables when its queries are
+// parsed: Grafana substitutes them before Prometheus sees a query.
+var dashboardValues = map[string]string{"datasource": "prometheus", "namespace": "shop", "workerpool": "payments", "__rate_interval": "1m"}
+
+// checkDashboard: the dashboard's variables and panels read, through
+// Prometheus's parser (monitoring.Check), only series the worker serves,
+// with labels they carry or the worker ServiceMonitor gives them, and each
+// legend shows labels its query's result keeps.
+func checkDashboard(t *testing.T, o kubeobjects.Object, workerTargetLabels []string) {
 	t.Helper()
 	cm := kubeobjects.Typed[*corev1.ConfigMap](t, o)
 	if cm.Labels["grafana_dashboard"] != "1" {
@@ -512,47 +494,41 @@ func checkDashboard(t *testing.T, o kubeobjects.Object, relabeled map[string]str
 		}
 		raw = v
 	}
-	var d dashboard
-	if err := json.Unmarshal([]byte(raw), &d); err != nil {
-		t.Fatalf("dashboard JSON: %v", err)
+	d, err := monitoring.ReadDashboard([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
 	}
 	if d.UID == "" || d.Title == "" || len(d.Panels) == 0 {
 		t.Fatalf("dashboard uid %q title %q with %d panels", d.UID, d.Title, len(d.Panels))
 	}
+	worker := monitoring.Source{Families: kubeobjects.WorkerMetrics(t), TargetLabels: workerTargetLabels}
 
-	fams := kubeobjects.WorkerMetrics(t)
-	// Labels Prometheus adds to every target, and those the worker
-	// ServiceMonitor relabels in (workerpool).
-	targetLabels := slices.Concat([]string{"job", "instance", "namespace", "service", "pod", "container", "endpoint"},
-		slices.Collect(maps.Values(relabeled)))
 	variables := map[string]bool{}
 	for _, v := range d.Templating.List {
 		variables[v.Name] = true
 		if v.Type != "query" {
 			continue
 		}
-		m, label, err := labelValuesQuery(v.Definition)
+		def, err := monitoring.ExpandVariables(v.Definition, dashboardValues)
+		if err == nil {
+			def, err = monitoring.LabelValuesQuery(def)
+		}
+		if err == nil {
+			_, err = monitoring.Check(def, worker)
+		}
 		if err != nil {
 			t.Errorf("variable %s: %v", v.Name, err)
-			continue
-		}
-		fam, ok := fams[m.name]
-		if !ok {
-			t.Errorf("variable %s reads %s, which the worker does not serve", v.Name, m.name)
-			continue
-		}
-		for _, l := range append(m.matchers, label) {
-			if !slices.Contains(fam.Labels, l) && !slices.Contains(targetLabels, l) {
-				t.Errorf("variable %s uses label %s, which %s series do not carry", v.Name, l, m.name)
-			}
 		}
 	}
 	if !variables["datasource"] {
 		t.Error("the dashboard has no datasource variable; its panels name ${datasource}")
 	}
+	for name := range dashboardValues {
+		if !variables[name] && !strings.HasPrefix(name, "__") {
+			t.Errorf("the dashboard has no variable %s", name)
+		}
+	}
 
-	used := map[string]bool{}
-	var stepsByOutcome bool
 	for _, p := range d.Panels {
 		if p.Datasource.UID != "${datasource}" {
 			t.Errorf("panel %q uses datasource %q, want ${datasource}", p.Title, p.Datasource.UID)
@@ -560,51 +536,29 @@ func checkDashboard(t *testing.T, o kubeobjects.Object, relabeled map[string]str
 		if len(p.Targets) == 0 {
 			t.Errorf("panel %q has no queries", p.Title)
 		}
-		for _, tg := range p.Targets {
-			q, err := readPromQL(tg.Expr)
-			if err != nil {
-				t.Errorf("panel %q: %v", p.Title, err)
-				continue
+	}
+	queries, err := d.Queries(dashboardValues)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	var stepsByOutcome bool
+	for _, pq := range queries {
+		q, err := monitoring.Check(pq.Expr, worker)
+		if err != nil {
+			t.Errorf("panel %q: %v", pq.Panel, err)
+			continue
+		}
+		for _, m := range q.Metrics {
+			used[m] = true
+		}
+		for _, m := range legendLabel.FindAllStringSubmatch(pq.Legend, -1) {
+			if !slices.Contains(q.Labels, m[1]) {
+				t.Errorf("panel %q legend shows {{%s}}, which its query's result does not carry (%v)", pq.Panel, m[1], q.Labels)
 			}
-			if len(q.selectors) == 0 {
-				t.Errorf("panel %q: no metric in %q", p.Title, tg.Expr)
-			}
-			available := slices.Clone(targetLabels)
-			for _, s := range q.selectors {
-				used[s.name] = true
-				fam, ok := fams[s.name]
-				if !ok {
-					served := slices.DeleteFunc(slices.Sorted(maps.Keys(fams)), func(n string) bool { return !strings.HasPrefix(n, "tasker_") })
-					t.Errorf("panel %q reads %s, which the worker does not serve (it serves %v)", p.Title, s.name, served)
-					continue
-				}
-				if s.inRate && fam.Type != dto.MetricType_COUNTER {
-					t.Errorf("panel %q takes rate() of %s, a %s", p.Title, s.name, fam.Type)
-				}
-				if !s.inRate && fam.Type == dto.MetricType_COUNTER {
-					t.Errorf("panel %q shows the counter %s without rate()", p.Title, s.name)
-				}
-				for _, l := range s.matchers {
-					if !slices.Contains(fam.Labels, l) && !slices.Contains(targetLabels, l) {
-						t.Errorf("panel %q matches label %s, which %s series do not carry", p.Title, l, s.name)
-					}
-				}
-				available = append(available, fam.Labels...)
-			}
-			for _, l := range q.grouping {
-				if !slices.Contains(available, l) {
-					t.Errorf("panel %q groups by %s, which its series do not carry", p.Title, l)
-				}
-			}
-			for _, m := range legendLabel.FindAllStringSubmatch(tg.LegendFormat, -1) {
-				if len(q.grouping) > 0 && !slices.Contains(q.grouping, m[1]) {
-					t.Errorf("panel %q legend shows {{%s}}, which its by (...) drops", p.Title, m[1])
-				}
-			}
-			if slices.ContainsFunc(q.selectors, func(s promSelector) bool { return s.name == "tasker_steps_completed_total" }) &&
-				slices.Contains(q.grouping, "outcome") {
-				stepsByOutcome = true
-			}
+		}
+		if slices.Contains(q.Metrics, "tasker_steps_completed_total") && slices.Contains(q.Labels, "outcome") {
+			stepsByOutcome = true
 		}
 	}
 	for _, m := range []string{"tasker_ffi_pending_events", "tasker_ffi_oldest_event_age_ms", "tasker_channel_completion_saturation",

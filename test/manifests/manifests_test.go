@@ -18,7 +18,6 @@ import (
 	"text/template"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -26,6 +25,7 @@ import (
 
 	workersv1alpha1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 	"github.com/seed-a17b38e7/workerpool-operator/test/kubeobjects"
+	"github.com/seed-a17b38e7/workerpool-operator/test/monitoring"
 )
 
 const (
@@ -244,6 +244,8 @@ func TestPrometheusOverlay(t *testing.T) {
 	if wm.Spec.NamespaceSelector == nil || !wm.Spec.NamespaceSelector.Any {
 		t.Error("worker ServiceMonitor must look in every namespace (pools live in their teams' namespaces)")
 	}
+	// What prometheus-operator makes of both monitors, relabeling included.
+	monitoring.CheckScrapes(t, kubeobjects.Typed[*kubeobjects.ServiceMonitor](t, opMon), wm, svc)
 }
 
 // ---------------------------------------------------------------------------
@@ -279,16 +281,16 @@ func TestAlertRules(t *testing.T) {
 	if pr.APIVersion != "monitoring.coreos.com/v1" || pr.Kind != "PrometheusRule" {
 		t.Fatalf("prometheusrule.yaml is %s %s", pr.APIVersion, pr.Kind)
 	}
-	workerFams := kubeobjects.WorkerMetrics(t)
-	operatorFams := kubeobjects.OperatorMetrics(t)
-
-	// Labels a rule's annotations may use: the series' own labels plus those
-	// the ServiceMonitors add (Prometheus target labels, and the pool name
-	// the worker monitor relabels in).
-	var wm kubeobjects.ServiceMonitor
+	// The series the rules read, with the labels the ServiceMonitors give
+	// them (as prometheus-operator generates their scrape jobs).
+	var om, wm kubeobjects.ServiceMonitor
+	var svc corev1.Service
+	readStrict(t, filepath.Join(repoRoot, "config", "prometheus", "monitor.yaml"), &om)
 	readStrict(t, filepath.Join(repoRoot, "config", "prometheus", "worker_monitor.yaml"), &wm)
-	targetLabels := []string{"job", "instance", "namespace", "service", "pod", "container", "endpoint"}
-	workerTargetLabels := slices.Concat(targetLabels, slices.Collect(maps.Values(kubeobjects.RelabelTargets(&wm))))
+	readStrict(t, filepath.Join(repoRoot, "config", "default", "metrics_service.yaml"), &svc)
+	scrapes := monitoring.CheckScrapes(t, &om, &wm, &svc)
+	worker := monitoring.Source{Families: kubeobjects.WorkerMetrics(t), TargetLabels: scrapes.WorkerTargetLabels}
+	operator := monitoring.Source{Families: kubeobjects.OperatorMetrics(t), TargetLabels: scrapes.OperatorTargetLabels}
 
 	seen := map[string]bool{}
 	for _, g := range pr.Spec.Groups {
@@ -305,7 +307,7 @@ func TestAlertRules(t *testing.T) {
 			}
 			seen[r.Alert] = true
 			t.Run(r.Alert, func(t *testing.T) {
-				checkAlert(t, r, workerFams, operatorFams, workerTargetLabels, targetLabels)
+				checkAlert(t, r, worker, operator)
 			})
 		}
 	}
@@ -324,14 +326,13 @@ func TestAlertRules(t *testing.T) {
 	}
 }
 
-func checkAlert(t *testing.T, r kubeobjects.Rule, workerFams, operatorFams kubeobjects.Families, workerTargetLabels, targetLabels []string) {
+func checkAlert(t *testing.T, r kubeobjects.Rule, worker, operator monitoring.Source) {
 	forDur, err := model.ParseDuration(r.For)
 	if err != nil {
 		t.Fatalf("for %q: %v", r.For, err)
 	}
 	expr := strings.Join(strings.Fields(r.Expr), " ")
-	var fams kubeobjects.Families
-	var available []string
+	var src monitoring.Source
 	var mustName string // the label an annotation must show
 	switch {
 	case seedAlerts[r.Alert].expr != "":
@@ -342,7 +343,7 @@ func checkAlert(t *testing.T, r kubeobjects.Rule, workerFams, operatorFams kubeo
 		if time.Duration(forDur) != want.for_ || r.Labels["severity"] != want.severity {
 			t.Errorf("for %s severity %q, want the seed's for %s severity %q", r.For, r.Labels["severity"], want.for_, want.severity)
 		}
-		fams, available, mustName = workerFams, workerTargetLabels, "<pod>"
+		src, mustName = worker, "<pod>"
 	case conditionAlerts[r.Alert].condType != "":
 		want := conditionAlerts[r.Alert]
 		wantExpr := `workerpool_status_condition{type="` + want.condType + `",status="` + want.status + `"} == 1`
@@ -352,7 +353,7 @@ func checkAlert(t *testing.T, r kubeobjects.Rule, workerFams, operatorFams kubeo
 		if time.Duration(forDur) != want.for_ {
 			t.Errorf("for %s, want %s", r.For, want.for_)
 		}
-		fams, available, mustName = operatorFams, targetLabels, "<workerpool>"
+		src, mustName = operator, "<workerpool>"
 	default:
 		t.Fatalf("alert %s is neither a seed alert nor a condition alert; add it to this test", r.Alert)
 	}
@@ -360,35 +361,26 @@ func checkAlert(t *testing.T, r kubeobjects.Rule, workerFams, operatorFams kubeo
 		t.Errorf("severity label %q, want warning or critical", s)
 	}
 
-	// Every metric the expression reads is one the project serves (of the
-	// right type for rate), with the labels it matches on.
-	sels := selectors(t, expr)
-	if len(sels) == 0 {
-		t.Fatalf("no metric found in %q", expr)
+	// The expression parses and reads only series its component serves
+	// (counters through rate()), matching labels they carry.
+	q, err := monitoring.Check(r.Expr, src)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var exprLabels []string
-	for _, s := range sels {
-		fam, ok := fams[s.name]
-		if !ok {
-			t.Errorf("%q reads %s, which the project does not expose (known: %v)", expr, s.name, fams.Names())
-			continue
-		}
-		if s.inRate && fam.Type != dto.MetricType_COUNTER {
-			t.Errorf("rate() over %s, a %s", s.name, fam.Type)
-		}
-		for _, l := range s.labels {
-			if !slices.Contains(fam.Labels, l) {
-				t.Errorf("%q matches label %q, which %s does not have (labels %v)", expr, l, s.name, fam.Labels)
-			}
-		}
-		exprLabels = append(exprLabels, fam.Labels...)
+	if len(q.Metrics) == 0 {
+		t.Fatalf("no metric in %q", expr)
 	}
 
-	// The annotations render with the labels the alert's series carry, and
-	// name the pod (worker alerts) or the pool (condition alerts).
+	// The annotations render with the labels the alert carries (its
+	// result's and the rule's own), and name the pod (worker alerts) or
+	// the pool (condition alerts). promtool test rules (test/alerts) checks
+	// the rendered text itself.
 	labels := map[string]string{}
-	for _, l := range slices.Concat(available, exprLabels) {
+	for _, l := range q.Labels {
 		labels[l] = "<" + l + ">"
+	}
+	for l, v := range r.Labels {
+		labels[l] = v
 	}
 	for _, key := range []string{"summary", "description"} {
 		text := r.Annotations[key]
@@ -398,7 +390,7 @@ func checkAlert(t *testing.T, r kubeobjects.Rule, workerFams, operatorFams kubeo
 		}
 		out, err := renderAlertTemplate(text, labels, 0.97)
 		if err != nil {
-			t.Errorf("%s annotation does not render with the series' labels %v: %v", key, slices.Sorted(maps.Keys(labels)), err)
+			t.Errorf("%s annotation does not render with the alert's labels %v: %v", key, slices.Sorted(maps.Keys(labels)), err)
 			continue
 		}
 		if !strings.Contains(out, mustName) || !strings.Contains(out, "<namespace>") {
@@ -424,98 +416,6 @@ func renderAlertTemplate(text string, labels map[string]string, value float64) (
 		Value                  float64
 	}{labels, map[string]string{}, value})
 	return b.String(), err
-}
-
-// selector is one metric read by a PromQL expression.
-type selector struct {
-	name   string
-	labels []string // label names matched in {...}
-	inRate bool     // the argument of rate/irate/increase
-}
-
-var promqlKeywords = []string{"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
-
-// selectors finds the metric names (and the label names they match) of the
-// small PromQL expressions alert rules use: identifiers that are not function
-// calls, keywords, numbers, durations or strings.
-func selectors(t *testing.T, expr string) []selector {
-	t.Helper()
-	var out []selector
-	var fn string // the function whose argument list we are in, if any
-	isStart := func(c byte) bool { return c == '_' || c == ':' || (c|0x20 >= 'a' && c|0x20 <= 'z') }
-	isPart := func(c byte) bool { return isStart(c) || (c >= '0' && c <= '9') }
-	for i := 0; i < len(expr); {
-		c := expr[i]
-		switch {
-		case c == '"' || c == '\'':
-			end := strings.IndexByte(expr[i+1:], c)
-			if end < 0 {
-				t.Fatalf("unterminated string in %q", expr)
-			}
-			i += end + 2
-		case c == '[': // range or subquery duration
-			end := strings.IndexByte(expr[i:], ']')
-			if end < 0 {
-				t.Fatalf("unterminated range in %q", expr)
-			}
-			i += end + 1
-		case c >= '0' && c <= '9' || c == '.': // number or duration
-			for i < len(expr) && (isPart(expr[i]) || expr[i] == '.') {
-				i++
-			}
-		case isStart(c):
-			j := i
-			for j < len(expr) && isPart(expr[j]) {
-				j++
-			}
-			word := expr[i:j]
-			k := j
-			for k < len(expr) && expr[k] == ' ' {
-				k++
-			}
-			switch {
-			case k < len(expr) && expr[k] == '(':
-				fn = word
-			case slices.Contains(promqlKeywords, word):
-			default:
-				s := selector{name: word, inRate: fn == "rate" || fn == "irate" || fn == "increase"}
-				if k < len(expr) && expr[k] == '{' {
-					end := strings.IndexByte(expr[k:], '}')
-					if end < 0 {
-						t.Fatalf("unterminated selector in %q", expr)
-					}
-					s.labels = matcherLabels(t, expr[k+1:k+end])
-					j = k + end + 1
-				}
-				out = append(out, s)
-			}
-			i = j
-		case c == ')':
-			fn = ""
-			i++
-		default:
-			i++
-		}
-	}
-	return out
-}
-
-// matcherLabels parses `a="x",b!~"y"` into [a b].
-func matcherLabels(t *testing.T, matchers string) []string {
-	t.Helper()
-	var out []string
-	for _, m := range strings.Split(matchers, ",") {
-		m = strings.TrimSpace(m)
-		if m == "" {
-			continue
-		}
-		i := strings.IndexAny(m, "=!")
-		if i <= 0 || !strings.Contains(m[i:], `"`) {
-			t.Fatalf("cannot read label matcher %q", m)
-		}
-		out = append(out, strings.TrimSpace(m[:i]))
-	}
-	return out
 }
 
 // ---------------------------------------------------------------------------
