@@ -94,6 +94,13 @@ build: lib ## Build tasker-worker, libtaskerworker.so and the operator (manager)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/tasker-worker ./cmd/tasker-worker
 	$(GO) build -o $(BIN)/manager ./cmd/manager
 
+# Where `make packages` puts the Python wheel and the Ruby gem.
+PACKAGES_DIR ?= $(BIN)/packages
+
+.PHONY: packages
+packages: ## Build the Python wheel and the Ruby gem, each with libtaskerworker.so inside, into BIN/packages (versioned from VERSION)
+	VERSION=$(VERSION) OUT=$(PACKAGES_DIR) GO=$(GO) bash hack/packages/build.sh
+
 .PHONY: lib
 lib: ## Build the C ABI for foreign handlers: BIN/libtaskerworker.so and its header BIN/taskerworker.h
 	@mkdir -p $(BIN)
@@ -120,13 +127,15 @@ run: manifests generate ## Run the operator on this machine against the current 
 test-deps: ## Install what the tests need from Debian (PostgreSQL 15, C toolchain) if missing
 	@bash hack/install-test-deps.sh
 
-# Tests that exercise the real worker binary and the C ABI library (the
-# Python and Ruby binding suites in bindings/) find them through these.
+# Tests that exercise the real worker binary and the C ABI library find them
+# through these; the Python and Ruby binding suites (bindings/) run from the
+# wheel and the gem, installed.
 test: export TASKER_WORKER_BIN := $(BIN)/tasker-worker
 test: export TASKERWORKER_LIB := $(BIN)/libtaskerworker.so
+test: export TASKERWORKER_PACKAGES := $(PACKAGES_DIR)
 
 .PHONY: test
-test: test-deps verify-generated verify-chart build envtest ## Run the whole test suite with -race, then fuzz the config parser and the FFI result decoders briefly
+test: test-deps verify-generated verify-chart build packages envtest ## Run the whole test suite with -race, then fuzz the config parser and the FFI result decoders briefly
 	KUBEBUILDER_ASSETS="$$(bash hack/build-envtest.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -race -count=1 -tags ffibench ./cmd/libtaskerworker/ # the benchmarks' DB-free event source
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/config/
@@ -208,8 +217,8 @@ IMAGES_DIR ?= $(BIN)/images
 CLUSTER_KUBECONFIG ?= $(HOME)/.cache/workerpool-operator/cluster/kubeconfig
 
 .PHONY: images
-images: ## Build the operator, tasker-worker and pause images without Docker into BIN/images (tagged VERSION and dev)
-	VERSION=$(VERSION) IMAGES_DIR=$(IMAGES_DIR) GO=$(GO) bash hack/cluster/images.sh
+images: packages ## Build the operator, tasker-worker, pause, tasker-python-worker and tasker-ruby-worker images without Docker into BIN/images (tagged VERSION and dev)
+	VERSION=$(VERSION) IMAGES_DIR=$(IMAGES_DIR) PACKAGES_DIR=$(PACKAGES_DIR) GO=$(GO) bash hack/cluster/images.sh
 
 .PHONY: cluster-build
 cluster-build: ## Build (or reuse) the cluster's Kubernetes binaries and etcd from Go modules, cached in ~/.cache/workerpool-operator/cluster

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -118,6 +119,13 @@ type observation struct {
 	// Scale is the autoscaler's decision; nil without spec.autoscaling or
 	// while suspended.
 	Scale *scaleDecision
+}
+
+// failed records an error that may pass (nil is ignored).
+func (o *observation) failed(err error) {
+	if err != nil {
+		o.ApplyErr = errors.Join(o.ApplyErr, err)
+	}
 }
 
 // markCurrentPods marks the pods that run the Deployment's current template.

@@ -113,10 +113,11 @@ const podDeletionCost = "controller.kubernetes.io/pod-deletion-cost"
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile brings one pool's children and status up to date: plan the
-// children, apply them, observe the Deployment and the pods, then compute
-// and write the status (deferred, so that a pass that failed half-way still
-// records its generation and what went wrong).
+// Reconcile brings one pool's children and status up to date: observe the
+// Deployment, the pods and the queue; decide the replica count; plan the
+// children and apply them; then compute and write the status (deferred, so
+// that a pass that failed half-way still records its generation and what
+// went wrong).
 func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, err error) {
 	pool := &v1.WorkerPool{}
 	if err := r.Get(ctx, req.NamespacedName, pool); err != nil {
@@ -136,20 +137,16 @@ func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	obs := observation{Now: metav1.NewTime(r.now())}
 	defer func() { result, err = r.writeStatus(ctx, pool, &obs, result, err) }()
 
-	if err := r.observe(ctx, pool, &obs); err != nil {
-		obs.ApplyErr = err
-	}
+	obs.failed(r.observe(ctx, pool, &obs))
 	obs.Replicas = r.replicas(pool, &obs)
 	plan, err := planChildren(pool, obs.Replicas)
 	if err != nil {
 		obs.SpecErr = err // children stay as they were until the spec is fixed
 	} else {
-		if err := r.markPodsForScaleIn(ctx, pool, &obs); err != nil {
-			obs.ApplyErr = err
-		}
+		obs.failed(r.markPodsForScaleIn(ctx, pool, &obs))
 		dep, err := r.applyChildren(ctx, pool, plan)
-		if obs.Blocked = asBlocked(err); obs.Blocked == nil && err != nil {
-			obs.ApplyErr = err
+		if obs.Blocked = asBlocked(err); obs.Blocked == nil {
+			obs.failed(err)
 		}
 		if dep != nil {
 			obs.Deployment = dep // as written in this pass

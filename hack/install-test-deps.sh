@@ -15,11 +15,17 @@ DEPS=(
   # go test -race needs cgo, so a C compiler and libc headers.
   "gcc:/usr/bin/gcc"
   "libc6-dev:/usr/include/stdio.h"
-  # Ruby bindings (bindings/ruby) and their minitest suite. Python 3 for the
-  # Python bindings is not installed from Debian: any python3 on $PATH does.
+  # Ruby bindings (bindings/ruby) and their minitest suite, run from the gem
+  # (gem build and gem install come with Debian's ruby).
   "ruby:/usr/bin/ruby"
   "ruby-ffi"
 )
+# Python 3 for the Python bindings is not installed from Debian when a
+# python3 on $PATH can make virtualenvs with pip (the suite runs from the
+# wheel installed into one); otherwise Debian's python3 with its venv module.
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  DEPS+=("python3:/usr/bin/python3" "python3-venv")
+fi
 
 present() {
   local pkg=${1%%:*} file=

@@ -12,7 +12,8 @@ polls for steps until SIGINT/SIGTERM, then drains.
 
 Environment: DATABASE_URL (required); TASKER_CONFIG_PATH (a worker.toml; by
 default the built-in one below: queue "python", metrics on 127.0.0.1:9090);
-TASKERWORKER_LIB (the library; by default found in bin/ of this checkout);
+TASKERWORKER_LIB (the library; by default the one inside the installed wheel,
+else bin/ of this checkout);
 POLLERS (polling threads, default 2); BATCH_SIZE (most events per poll,
 default 64; the poller sizes each poll by the handlers' speed, and 1 turns
 batching off).

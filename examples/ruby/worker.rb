@@ -14,14 +14,19 @@
 #
 # Environment: DATABASE_URL (required); TASKER_CONFIG_PATH (a worker.toml; by
 # default the built-in one below: queue "ruby", metrics on 127.0.0.1:9091);
-# TASKERWORKER_LIB (the library; by default found in bin/ of this checkout);
+# TASKERWORKER_LIB (the library; by default the one inside the installed gem,
+# else bin/ of this checkout);
 # POLLERS (polling threads, default 2); BATCH_SIZE (the most events one poll
 # takes, default 64; 1 turns batching off: fast handlers get batches, slow ones
 # are polled one at a time either way).
 
-$LOAD_PATH.unshift(File.expand_path("../../bindings/ruby/lib", __dir__))
 require "logger"
-require "taskerworker"
+begin
+  require "taskerworker" # the installed gem
+rescue LoadError # running from a checkout without installing it
+  $LOAD_PATH.unshift(File.expand_path("../../bindings/ruby/lib", __dir__))
+  require "taskerworker"
+end
 
 LOG = Logger.new($stdout, progname: "example")
 

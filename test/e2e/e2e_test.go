@@ -76,12 +76,15 @@ func TestOperator(t *testing.T) {
 		{"samples become Ready and complete their steps", samples},
 		{"a pod template with an init container and a sidecar; suspend and resume", templated},
 		{"describe shows in-flight, saturation and pending age", describe},
-		{"slow FFI poller: Starving True and back", starving},
+		{"slow Python handler: Starving True and back", starving},
+		{"Python handlers that raise: retried, or dead with the Python error", foreignFailures},
+		{"Python handlers that time out, under each callback strategy", foreignTimeouts},
+		{"a Python poller process killed: the container restarts, no step lost", killedPoller},
 		{"tiny completion buffer: Backpressure", backpressure},
 		{"changing a tunable rolls the pods", rollsOnChange},
 		{"kubectl scale keeps Ready", scale},
 		{"deleting a pod mid-run loses no step", podDeletion},
-		{"throughput: 3 replicas against 1", throughput},
+		{"throughput: 3 replicas against 1; Python and Ruby against native", throughput},
 		{"autoscaling: a burst scales out and back in", autoscaledBurst},
 		{"autoscaling: steady load does not flap", autoscaledSteadyLoad},
 		{"autoscaling: an idle pool goes to zero and wakes", autoscaledToZero},
@@ -134,15 +137,27 @@ func ready(wp *v1.WorkerPool) bool {
 	return wp.Status.ObservedGeneration == wp.Generation && cond(wp, v1.ConditionReady).Status == metav1.ConditionTrue
 }
 
-// samples applies each sample of config/samples, with the image this run
-// built (the FFI sample gets the built-in Go poller instead of Python).
+// samples applies each sample of config/samples with the images this run
+// built: the native ones with the stock worker image, the foreign ones (FFI)
+// as they are, with their own image, so Python and Ruby pollers do the work.
+// Other objects of the directory (the ConfigMap of handler code) go first.
 func samples(t *testing.T, ns string) {
-	files, err := filepath.Glob("../../config/samples/workers_*.yaml")
+	files, err := filepath.Glob("../../config/samples/*.yaml")
 	if err != nil || len(files) < 3 {
 		t.Fatalf("samples: %v %v", files, err)
 	}
-	repo, tag := splitImage(e.workerImage)
+	var pools []string
 	for _, f := range files {
+		switch base := filepath.Base(f); {
+		case strings.HasPrefix(base, "workers_"):
+			pools = append(pools, f)
+		case base != "kustomization.yaml":
+			kubectl(t, "apply", "-n", ns, "-f", f)
+		}
+	}
+	repo, tag := splitImage(e.workerImage)
+	foreign := map[string]string{e.pythonImage: "StockFailure", e.rubyImage: "TaskerWorker::Stock::Failure"}
+	for _, f := range pools {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -152,15 +167,33 @@ func samples(t *testing.T, ns string) {
 			t.Fatalf("%s: %v", f, err)
 		}
 		wp.Namespace = ns
-		wp.Spec.Image, wp.Spec.ImagePullPolicy = repo+":"+tag, corev1.PullNever
-		if wp.Spec.FFI.Enabled {
-			wp.Spec.Command, wp.Spec.Args = nil, []string{"run", "--ffi-pollers", "2"}
+		failure, isForeign := foreign[wp.Spec.Image]
+		if wp.Spec.FFI.Enabled != isForeign {
+			t.Fatalf("%s: image %s with ffi.enabled %v: an FFI sample runs a foreign-handler image, a native one the stock worker",
+				f, wp.Spec.Image, wp.Spec.FFI.Enabled)
 		}
-		wp.Spec.Queue.DatabaseSecretRef.Name, wp.Spec.Queue.DatabaseSecretRef.Key = "tasker-db", "url"
+		// The sample as written, with this run's image and Secret: a typed
+		// round trip would write out fields the sample leaves to the API
+		// server's defaults (disruption.enabled: false).
+		var manifest map[string]any
+		if err := yaml.Unmarshal(data, &manifest); err != nil {
+			t.Fatal(err)
+		}
+		spec := manifest["spec"].(map[string]any)
+		if !isForeign {
+			spec["image"] = repo + ":" + tag
+		}
+		spec["imagePullPolicy"] = string(corev1.PullNever)
+		spec["queue"].(map[string]any)["databaseSecretRef"] = map[string]any{"name": "tasker-db", "key": "url"}
+		manifest["metadata"].(map[string]any)["namespace"] = ns
+		out, err := yaml.Marshal(manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
 		start := time.Now()
-		kubectlApply(t, e.poolManifest(t, wp))
+		kubectlApply(t, out)
 		got := e.waitPool(t, ns, wp.Name, "Ready", 3*time.Minute, ready)
-		t.Logf("%s (%s) Ready in %s", wp.Name, filepath.Base(f), time.Since(start).Round(100*time.Millisecond))
+		t.Logf("%s (%s, %s) Ready in %s", wp.Name, filepath.Base(f), wp.Spec.Image, time.Since(start).Round(100*time.Millisecond))
 		// Ready needs the replicas the disruption budget asks for; wait for
 		// all of them, and for each pod's capacity in the status.
 		want := *got.Spec.Replicas
@@ -169,10 +202,33 @@ func samples(t *testing.T, ns string) {
 		})
 		t.Logf("%s: capacity %d = %d replicas × %d", wp.Name, got.Status.Dispatch.Capacity, want, got.Spec.Dispatch.MaxConcurrentHandlers)
 		q := string(wp.Spec.Queue.Namespaces[0])
+		before := e.completed(t, q)
 		e.enqueue(t, q, "noop", `{}`, 50)
 		e.enqueue(t, q, "sleep", `{"ms":300}`, 20)
 		e.enqueue(t, q, "fail", `{"fail_attempts":1}`, 5)
-		e.waitDrained(t, q, 75, 3*time.Minute)
+		n := int64(75)
+		if wp.Name == "scoring" { // its handler comes from the ConfigMap
+			e.enqueue(t, q, "score", `{"features":[1,2,6]}`, 5)
+			n += 5
+		}
+		e.waitDrained(t, q, before+n, 3*time.Minute)
+		if isForeign {
+			// The retried failure was raised in Python or Ruby: the stock
+			// handlers' exception class, not the Go worker's handler_error.
+			for _, o := range e.outcomes(t, q, "fail") {
+				if o.ErrorType != failure || o.Attempts != 2 || o.Result != `{"succeeded_on_attempt": 2}` {
+					t.Errorf("%s: fail step %+v, want raised as %s on attempt 1 and done on 2", wp.Name, o, failure)
+					break
+				}
+			}
+		}
+		if wp.Name == "scoring" {
+			for _, o := range e.outcomes(t, q, "score") {
+				if o.Result != `{"score": 3.0}` {
+					t.Errorf("score step %+v, want the ConfigMap's handler's result {\"score\": 3.0}", o)
+				}
+			}
+		}
 		kubectl(t, "delete", "wp", wp.Name, "-n", ns, "--wait=true", "--timeout=2m")
 	}
 }
@@ -240,10 +296,8 @@ func templated(t *testing.T, ns string) {
 
 // describe: a busy pool shows its figures in kubectl describe.
 func describe(t *testing.T, ns string) {
-	wp := workerPool(ns, "busy", "busy")
+	wp := foreignPool(ns, "busy", "busy", e.pythonImage)
 	wp.Spec.Dispatch.MaxConcurrentHandlers = 20
-	wp.Spec.FFI.Enabled = true
-	wp.Spec.Args = []string{"run", "--ffi-pollers", "2", "--ffi-poll-hold", "1s"}
 	kubectlApply(t, e.poolManifest(t, wp))
 	e.waitPool(t, ns, "busy", "Ready", 3*time.Minute, ready)
 	e.enqueue(t, "busy", "sleep", `{"ms":2000}`, 12)
@@ -267,27 +321,38 @@ func describe(t *testing.T, ns string) {
 	kubectl(t, "delete", "wp", "busy", "-n", ns, "--wait=true", "--timeout=2m")
 }
 
-// starving: a poller that holds each event 4 s, past a 2 s threshold.
+// starving: Python handlers that take 4 s, past a 2 s threshold, on two
+// polling threads: the events polled and those waiting age past it.
 func starving(t *testing.T, ns string) {
-	wp := workerPool(ns, "slow-ffi", "slowffi")
+	wp := foreignPool(ns, "slow-python", "slowpy", e.pythonImage)
 	wp.Spec.FFI = v1.FFISpec{Enabled: true, StarvationWarningThreshold: "2s", CompletionTimeout: "60s", CallbackTimeout: "1s"}
-	wp.Spec.Args = []string{"run", "--ffi-pollers", "2", "--ffi-poll-hold", "4s"}
 	kubectlApply(t, e.poolManifest(t, wp))
-	e.waitPool(t, ns, "slow-ffi", "Ready", 3*time.Minute, ready)
-	e.enqueue(t, "slowffi", "noop", `{}`, 10)
-	got := e.waitPool(t, ns, "slow-ffi", "Starving=True", 2*time.Minute, func(w *v1.WorkerPool) bool {
+	e.waitPool(t, ns, "slow-python", "Ready", 3*time.Minute, ready)
+	e.enqueue(t, "slowpy", "sleep", `{"ms":4000}`, 10)
+	got := e.waitPool(t, ns, "slow-python", "Starving=True", 2*time.Minute, func(w *v1.WorkerPool) bool {
 		return cond(w, v1.ConditionStarving).Status == metav1.ConditionTrue
 	})
-	t.Logf("Starving: %s", cond(got, v1.ConditionStarving).Message)
-	e.waitDrained(t, "slowffi", 10, 3*time.Minute)
-	e.waitPool(t, ns, "slow-ffi", "Starving=False", time.Minute, func(w *v1.WorkerPool) bool {
+	msg := cond(got, v1.ConditionStarving).Message
+	t.Logf("Starving: %s", msg)
+	if !strings.Contains(msg, "waited") && !strings.Contains(msg, "no poll for") {
+		t.Errorf("Starving message %q says neither how long an event waited nor since when no poll came", msg)
+	}
+	t.Logf("$ kubectl describe wp slow-python (Starving)\n%s", kubectl(t, "describe", "wp", "slow-python", "-n", ns))
+	e.waitDrained(t, "slowpy", 10, 3*time.Minute)
+	e.waitPool(t, ns, "slow-python", "Starving=False", time.Minute, func(w *v1.WorkerPool) bool {
 		return cond(w, v1.ConditionStarving).Status == metav1.ConditionFalse
 	})
-	events := kubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=slow-ffi", "-o", "jsonpath={.items[*].reason}")
+	t.Logf("$ kubectl describe wp slow-python (recovered)\n%s", kubectl(t, "describe", "wp", "slow-python", "-n", ns))
+	events := kubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=slow-python", "-o", "jsonpath={.items[*].reason}")
 	if !strings.Contains(events, "Starving") || !strings.Contains(events, "StarvingCleared") {
-		t.Errorf("events on slow-ffi: %q", events)
+		t.Errorf("events on slow-python: %q", events)
 	}
-	kubectl(t, "delete", "wp", "slow-ffi", "-n", ns, "--wait=true", "--timeout=2m")
+	for _, o := range e.outcomes(t, "slowpy", "sleep") {
+		if o.State != "completed" || o.Result != `{"slept_ms": 4000}` {
+			t.Errorf("sleep step %+v, want completed by the Python handler", o)
+		}
+	}
+	kubectl(t, "delete", "wp", "slow-python", "-n", ns, "--wait=true", "--timeout=2m")
 }
 
 // backpressure: a completion buffer of 2 and a stalled database (the
@@ -431,37 +496,61 @@ func podDeletion(t *testing.T, ns string) {
 // throughput measures steps/s of noop steps through a 3-replica pool
 // tuned like the native sample and, in the same run, through 1 replica, so
 // the figure for docs/benchmarks.md comes with its own baseline (this
-// machine's load varies).
+// machine's load varies). Then, tuned the same, 1 replica of the Python and
+// of the Ruby worker image running the stock noop handler in the foreign
+// language: the cost of the FFI round trip and the interpreter per step,
+// against the native 1-replica figure of this run.
 func throughput(t *testing.T, ns string) {
 	const n = 20000
-	wp := workerPool(ns, "throughput", "throughput")
-	wp.Spec.Replicas = ptr(int32(3))
-	wp.Spec.Queue.BatchSize, wp.Spec.Queue.PollInterval = 50, "250ms"
-	wp.Spec.Dispatch = v1.DispatchSpec{MaxConcurrentHandlers: 64, CompletionBufferSize: 2000, DispatchBufferSize: 500}
-	kubectlApply(t, e.poolManifest(t, wp))
-	rate := func(replicas int32) float64 {
-		kubectl(t, "scale", "wp", "throughput", "-n", ns, fmt.Sprintf("--replicas=%d", replicas))
-		e.waitPool(t, ns, "throughput", fmt.Sprintf("%d ready replicas", replicas), 3*time.Minute, func(w *v1.WorkerPool) bool {
+	tuned := func(name, image string) *v1.WorkerPool {
+		wp := workerPool(ns, name, name)
+		if image != "" {
+			wp = foreignPool(ns, name, name, image)
+		}
+		wp.Spec.Replicas = ptr(int32(3))
+		wp.Spec.Queue.BatchSize, wp.Spec.Queue.PollInterval = 50, "250ms"
+		wp.Spec.Dispatch = v1.DispatchSpec{MaxConcurrentHandlers: 64, CompletionBufferSize: 2000, DispatchBufferSize: 500}
+		return wp
+	}
+	rate := func(wp *v1.WorkerPool, replicas int32) float64 {
+		name := wp.Name
+		wp.Spec.Replicas = ptr(replicas)
+		kubectlApply(t, e.poolManifest(t, wp))
+		kubectl(t, "scale", "wp", name, "-n", ns, fmt.Sprintf("--replicas=%d", replicas))
+		e.waitPool(t, ns, name, fmt.Sprintf("%d ready replicas", replicas), 3*time.Minute, func(w *v1.WorkerPool) bool {
 			return ready(w) && w.Status.ReadyReplicas == replicas && w.Status.Replicas == replicas
 		})
-		before := e.completed(t, "throughput")
+		before := e.completed(t, name)
 		// All visible at once, 5 s after the insert began: the clock starts
 		// then (at the latest), so the inserts are not timed.
 		start := time.Now().Add(5 * time.Second)
-		e.enqueueDelayed(t, "throughput", n, 5*time.Second)
-		e.waitDrained(t, "throughput", before+n, 5*time.Minute)
+		e.enqueueDelayed(t, name, n, 5*time.Second)
+		e.waitDrained(t, name, before+n, 5*time.Minute)
 		took := time.Since(start)
 		r := n / took.Seconds()
-		t.Logf("%d replica(s): %d noop steps in %s: %.0f steps/s", replicas, n, took.Round(10*time.Millisecond), r)
+		t.Logf("%s, %d replica(s): %d noop steps in %s: %.0f steps/s", name, replicas, n, took.Round(10*time.Millisecond), r)
 		return r
 	}
-	three := rate(3)
-	one := rate(1)
+	native := tuned("throughput", "")
+	three := rate(native, 3)
+	one := rate(native, 1)
 	t.Logf("throughput: 3 replicas %.0f steps/s, 1 replica %.0f steps/s, ratio %.2f", three, one, three/one)
-	if three <= 0 || one <= 0 {
+	kubectl(t, "delete", "wp", "throughput", "-n", ns, "--wait=true", "--timeout=2m")
+	// Each language in a pool of its own, started at 1 replica and gone
+	// before the next: no pod of another pool drains meanwhile.
+	alone := func(name, image string) float64 {
+		r := rate(tuned(name, image), 1)
+		kubectl(t, "delete", "wp", name, "-n", ns, "--wait=true", "--timeout=2m")
+		return r
+	}
+	native1 := alone("throughput-native", "")
+	python := alone("throughput-python", e.pythonImage)
+	ruby := alone("throughput-ruby", e.rubyImage)
+	t.Logf("throughput, 1 replica each: native %.0f steps/s, Python %.0f steps/s (%.2f of native), Ruby %.0f steps/s (%.2f of native)",
+		native1, python, python/native1, ruby, ruby/native1)
+	if three <= 0 || one <= 0 || native1 <= 0 || python <= 0 || ruby <= 0 {
 		t.Fatal("no throughput measured")
 	}
-	kubectl(t, "delete", "wp", "throughput", "-n", ns, "--wait=true", "--timeout=2m")
 }
 
 // upgradeAndUninstall: helm upgrade changes the operator's flags and keeps

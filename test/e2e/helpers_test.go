@@ -29,6 +29,7 @@ import (
 // env is what hack/e2e.sh hands the suite.
 type env struct {
 	operatorImage, workerImage string // repository:tag, imported into the node
+	pythonImage, rubyImage     string // the foreign-handler worker images, imported into the node
 	pauseImage                 string // a container that only waits, imported into the node
 	databaseURL                string // reachable from pods and from this host
 	helm                       []string
@@ -50,6 +51,8 @@ func newEnv(ctx context.Context) (*env, error) {
 	e := &env{
 		operatorImage: mustEnv("E2E_OPERATOR_IMAGE"),
 		workerImage:   mustEnv("E2E_WORKER_IMAGE"),
+		pythonImage:   mustEnv("E2E_PYTHON_WORKER_IMAGE"),
+		rubyImage:     mustEnv("E2E_RUBY_WORKER_IMAGE"),
 		pauseImage:    mustEnv("E2E_PAUSE_IMAGE"),
 		databaseURL:   mustEnv("E2E_DATABASE_URL"),
 		helm:          strings.Fields(mustEnv("E2E_HELM")),
@@ -192,6 +195,51 @@ func (e *env) enqueue(t *testing.T, queueName, handler, payload string, n int) {
 	}
 }
 
+// enqueueAttempts adds n steps that get at most maxAttempts attempts.
+func (e *env) enqueueAttempts(t *testing.T, queueName, handler, payload string, n, maxAttempts int) {
+	t.Helper()
+	steps := make([]queue.NewStep, n)
+	for i := range steps {
+		steps[i] = queue.NewStep{Queue: queueName, Handler: handler, Payload: []byte(payload), MaxAttempts: maxAttempts}
+	}
+	if _, err := e.q.Enqueue(context.Background(), steps); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// stepOutcome is what became of a step: its state, attempts, result value
+// and last error, as the queue table has them.
+type stepOutcome struct {
+	State, Result, ErrorType, Message, Backtrace string
+	Attempts                                     int
+}
+
+// outcomes are the outcomes of queueName's steps of handler, oldest first.
+func (e *env) outcomes(t *testing.T, queueName, handler string) []stepOutcome {
+	t.Helper()
+	rows, err := e.db.Query(context.Background(), `
+SELECT state::text, attempts, coalesce((result->'result')::text, ''),
+	coalesce(last_error->'error'->>'error_type', ''), coalesce(last_error->'error'->>'message', ''),
+	coalesce((last_error->'error'->'backtrace')::text, '')
+FROM tasker_steps WHERE queue = $1 AND handler = $2 ORDER BY id`, queueName, handler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []stepOutcome
+	for rows.Next() {
+		var o stepOutcome
+		if err := rows.Scan(&o.State, &o.Attempts, &o.Result, &o.ErrorType, &o.Message, &o.Backtrace); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, o)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // enqueueDelayed adds n noop steps that become visible together after
 // delay, so a throughput measurement does not time the inserts.
 func (e *env) enqueueDelayed(t *testing.T, queueName string, n int, delay time.Duration) {
@@ -207,6 +255,16 @@ func (e *env) enqueueDelayed(t *testing.T, queueName string, n int, delay time.D
 	if time.Since(start) > delay {
 		t.Fatalf("enqueueing %d steps took %s, longer than their %s delay: the measurement would include it", n, time.Since(start), delay)
 	}
+}
+
+// stats are queueName's step counts now.
+func (e *env) stats(t *testing.T, queueName string) queue.QueueStats {
+	t.Helper()
+	all, err := e.q.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return all[queueName]
 }
 
 // completed is how many steps of queueName are completed so far.

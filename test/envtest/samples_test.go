@@ -12,7 +12,7 @@ import (
 // Every sample under config/samples is accepted by the API server as is.
 func TestSamplesApply(t *testing.T) {
 	files, err := filepath.Glob("../../config/samples/workers_*.yaml")
-	if err != nil || len(files) != 5 {
+	if err != nil || len(files) != 6 {
 		t.Fatalf("samples: %v %v", files, err)
 	}
 	for _, f := range files {

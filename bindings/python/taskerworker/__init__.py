@@ -48,9 +48,11 @@ from .handlers import (
     HandlerRegistry,
     PermanentError,
     RetryableError,
+    default_registry,
     encode_result,
     exception_result,
     failure_result,
+    handler,
     success_result,
 )
 from .poller import Poller
@@ -66,7 +68,7 @@ _logging.getLogger("taskerworker").addHandler(_logging.NullHandler())
 
 __all__ = [
     "ENV_LIB", "Library", "load_library", "Worker", "version", "Poller",
-    "HandlerRegistry", "PermanentError", "RetryableError", "success_result", "failure_result",
+    "HandlerRegistry", "default_registry", "handler", "PermanentError", "RetryableError", "success_result", "failure_result",
     "exception_result", "encode_result", "HANDLER_NOT_FOUND", "RESULT_SERIALIZATION_ERROR",
     "Status", "TaskerWorkerError", "LibraryNotFoundError", "NullArgumentError", "InvalidUTF8Error",
     "InvalidJSONError", "NotStartedError", "AlreadyStartedError", "ConfigError", "DatabaseError",

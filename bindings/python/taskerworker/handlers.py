@@ -233,3 +233,15 @@ class HandlerRegistry:
 
 def _elapsed_ms(start: float) -> int:
     return int((time.perf_counter() - start) * 1000)
+
+
+# The registry that handler files fill in for the runner
+# (``python3 -m taskerworker run``, what the worker images run): a file only
+# decorates its functions with ``@taskerworker.handler("name")``.
+default_registry = HandlerRegistry()
+
+
+def handler(name: str) -> Callable[[Handler], Handler]:
+    """Decorator registering ``fn(event) -> result payload`` under name in
+    :data:`default_registry`."""
+    return default_registry.handler(name)

@@ -192,3 +192,19 @@ module TaskerWorker
     end
   end
 end
+
+module TaskerWorker
+  @default_registry = HandlerRegistry.new
+
+  class << self
+    # The registry that handler files fill in for the runner (`taskerworker
+    # run`, what the worker images run): a file only calls
+    # TaskerWorker.handler("name") { |event| ... }.
+    attr_reader :default_registry
+
+    # Register a block (or any callable) as handler name in default_registry.
+    def handler(name, callable = nil, &block)
+      @default_registry.handler(name, callable, &block)
+    end
+  end
+end

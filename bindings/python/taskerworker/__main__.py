@@ -1,0 +1,7 @@
+"""``python3 -m taskerworker``: see :mod:`taskerworker.runner`."""
+
+import sys
+
+from .runner import main
+
+sys.exit(main())
