@@ -28,7 +28,7 @@ import (
 	"github.com/seed-a17b38e7/workerpool-operator/test/monitoring"
 )
 
-const repoRoot = "../.."
+const repoRoot = "../../.."
 
 // ruleTests are the promtool test files, each for one rule group.
 var ruleTests = map[string]string{
