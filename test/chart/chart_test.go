@@ -17,7 +17,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -36,7 +35,6 @@ import (
 
 	workersv1alpha1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 	"github.com/seed-a17b38e7/workerpool-operator/test/kubeobjects"
-	"github.com/seed-a17b38e7/workerpool-operator/test/monitoring"
 )
 
 const (
@@ -400,8 +398,6 @@ monitoring:
 	// operator's own Service.
 	wm := wMon.Decoded.(*kubeobjects.ServiceMonitor)
 	kubeobjects.CheckWorkerMonitor(t, wm, svc)
-	// What prometheus-operator makes of both monitors, relabeling included.
-	scrapes := monitoring.CheckScrapes(t, opMon.Decoded.(*kubeobjects.ServiceMonitor), wm, svc)
 	if wm.Spec.NamespaceSelector == nil || !wm.Spec.NamespaceSelector.Any || len(wm.Spec.NamespaceSelector.MatchNames) > 0 {
 		t.Errorf("cluster-wide worker ServiceMonitor namespaceSelector = %+v, want any", wm.Spec.NamespaceSelector)
 	}
@@ -410,7 +406,7 @@ monitoring:
 	}
 
 	checkPrometheusRule(t, rule)
-	checkDashboard(t, dash, scrapes.WorkerTargetLabels)
+	checkDashboard(t, dash)
 
 	// Watching namespaces, the worker monitor looks only there.
 	objs = render(t, "watchNamespaces: [a, b]\nmonitoring:\n  workerServiceMonitor: {enabled: true}\n")
@@ -456,7 +452,8 @@ func checkPrometheusRule(t *testing.T, rule kubeobjects.Object) {
 		}
 	}
 	// The seed's five and the five condition alerts (test/manifests checks
-	// each rule against the metrics).
+	// their expressions, test/monitoring the metrics they read and, with
+	// promtool, when each fires).
 	for _, a := range []string{"FFIPendingEventsHigh", "FFIOldestEventAging", "CompletionChannelSaturated", "CompletionChannelCritical",
 		"CallbackTimeoutsHigh", "WorkerPoolStarving", "WorkerPoolBackpressure", "WorkerPoolStalled", "WorkerPoolNotReady", "WorkerPoolMetricsUnavailable"} {
 		if !slices.Contains(alerts, a) {
@@ -468,17 +465,34 @@ func checkPrometheusRule(t *testing.T, rule kubeobjects.Object) {
 // ---------------------------------------------------------------------------
 // The Grafana dashboard
 
-var legendLabel = regexp.MustCompile(`\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}`)
+// dashboardFile is the dashboard the chart ships. test/monitoring parses
+// every query of it with Prometheus's parser and checks each against the
+// series the worker serves; here the chart must ship that file unchanged.
+var dashboardFile = filepath.Join(chartDir, "files", "dashboards", "workerpool-workers.json")
 
-// dashboardValues stand for the dashboard's variables when its queries are
-// parsed: Grafana substitutes them before Prometheus sees a query.
-var dashboardValues = map[string]string{"datasource": "prometheus", "namespace": "shop", "workerpool": "payments", "__rate_interval": "1m"}
+type dashboard struct {
+	UID        string `json:"uid"`
+	Title      string `json:"title"`
+	Templating struct {
+		List []struct {
+			Name string `json:"name"`
+		} `json:"list"`
+	} `json:"templating"`
+	Panels []struct {
+		Title      string `json:"title"`
+		Datasource struct {
+			UID string `json:"uid"`
+		} `json:"datasource"`
+		Targets []struct {
+			Expr string `json:"expr"`
+		} `json:"targets"`
+	} `json:"panels"`
+}
 
-// checkDashboard: the dashboard's variables and panels read, through
-// Prometheus's parser (monitoring.Check), only series the worker serves,
-// with labels they carry or the worker ServiceMonitor gives them, and each
-// legend shows labels its query's result keeps.
-func checkDashboard(t *testing.T, o kubeobjects.Object, workerTargetLabels []string) {
+// checkDashboard: the ConfigMap is one Grafana's sidecar loads, holding the
+// chart's dashboard file as it is, whose panels all query through the
+// dashboard's datasource variable (so it works with any Prometheus).
+func checkDashboard(t *testing.T, o kubeobjects.Object) {
 	t.Helper()
 	cm := kubeobjects.Typed[*corev1.ConfigMap](t, o)
 	if cm.Labels["grafana_dashboard"] != "1" {
@@ -494,41 +508,27 @@ func checkDashboard(t *testing.T, o kubeobjects.Object, workerTargetLabels []str
 		}
 		raw = v
 	}
-	d, err := monitoring.ReadDashboard([]byte(raw))
+	file, err := os.ReadFile(dashboardFile)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if strings.TrimSpace(raw) != strings.TrimSpace(string(file)) {
+		t.Errorf("the dashboard ConfigMap does not hold %s as it is", dashboardFile)
+	}
+	var d dashboard
+	if err := json.Unmarshal([]byte(raw), &d); err != nil {
+		t.Fatalf("dashboard JSON: %v", err)
 	}
 	if d.UID == "" || d.Title == "" || len(d.Panels) == 0 {
 		t.Fatalf("dashboard uid %q title %q with %d panels", d.UID, d.Title, len(d.Panels))
 	}
-	worker := monitoring.Source{Families: kubeobjects.WorkerMetrics(t), TargetLabels: workerTargetLabels}
-
-	variables := map[string]bool{}
+	var datasourceVariable bool
 	for _, v := range d.Templating.List {
-		variables[v.Name] = true
-		if v.Type != "query" {
-			continue
-		}
-		def, err := monitoring.ExpandVariables(v.Definition, dashboardValues)
-		if err == nil {
-			def, err = monitoring.LabelValuesQuery(def)
-		}
-		if err == nil {
-			_, err = monitoring.Check(def, worker)
-		}
-		if err != nil {
-			t.Errorf("variable %s: %v", v.Name, err)
-		}
+		datasourceVariable = datasourceVariable || v.Name == "datasource"
 	}
-	if !variables["datasource"] {
+	if !datasourceVariable {
 		t.Error("the dashboard has no datasource variable; its panels name ${datasource}")
 	}
-	for name := range dashboardValues {
-		if !variables[name] && !strings.HasPrefix(name, "__") {
-			t.Errorf("the dashboard has no variable %s", name)
-		}
-	}
-
 	for _, p := range d.Panels {
 		if p.Datasource.UID != "${datasource}" {
 			t.Errorf("panel %q uses datasource %q, want ${datasource}", p.Title, p.Datasource.UID)
@@ -536,39 +536,11 @@ func checkDashboard(t *testing.T, o kubeobjects.Object, workerTargetLabels []str
 		if len(p.Targets) == 0 {
 			t.Errorf("panel %q has no queries", p.Title)
 		}
-	}
-	queries, err := d.Queries(dashboardValues)
-	if err != nil {
-		t.Fatal(err)
-	}
-	used := map[string]bool{}
-	var stepsByOutcome bool
-	for _, pq := range queries {
-		q, err := monitoring.Check(pq.Expr, worker)
-		if err != nil {
-			t.Errorf("panel %q: %v", pq.Panel, err)
-			continue
-		}
-		for _, m := range q.Metrics {
-			used[m] = true
-		}
-		for _, m := range legendLabel.FindAllStringSubmatch(pq.Legend, -1) {
-			if !slices.Contains(q.Labels, m[1]) {
-				t.Errorf("panel %q legend shows {{%s}}, which its query's result does not carry (%v)", pq.Panel, m[1], q.Labels)
+		for _, tg := range p.Targets {
+			if strings.TrimSpace(tg.Expr) == "" {
+				t.Errorf("panel %q has an empty query", p.Title)
 			}
 		}
-		if slices.Contains(q.Metrics, "tasker_steps_completed_total") && slices.Contains(q.Labels, "outcome") {
-			stepsByOutcome = true
-		}
-	}
-	for _, m := range []string{"tasker_ffi_pending_events", "tasker_ffi_oldest_event_age_ms", "tasker_channel_completion_saturation",
-		"tasker_dispatch_in_flight", "tasker_callback_timeouts_total", "tasker_steps_completed_total"} {
-		if !used[m] {
-			t.Errorf("the dashboard does not show %s", m)
-		}
-	}
-	if !stepsByOutcome {
-		t.Error("no panel shows tasker_steps_completed_total by outcome")
 	}
 }
 

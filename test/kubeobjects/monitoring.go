@@ -64,6 +64,34 @@ type ServiceMonitor struct {
 	} `json:"spec"`
 }
 
+// RelabelTargets maps each single source label of a monitor's replace
+// relabelings to its target label: the labels a monitor adds to the series,
+// which alerts and dashboards may use.
+func RelabelTargets(m *ServiceMonitor) map[string]string {
+	out := map[string]string{}
+	for _, ep := range m.Spec.Endpoints {
+		for _, r := range ep.Relabelings {
+			if len(r.SourceLabels) == 1 && (r.Action == "" || r.Action == "replace") {
+				out[r.SourceLabels[0]] = r.TargetLabel
+			}
+		}
+	}
+	return out
+}
+
+// ServiceLabelMeta is the Kubernetes service discovery meta label of a
+// Service label (invalid characters become underscores): the source label a
+// relabeling must name to copy that Service label onto the series.
+func ServiceLabelMeta(label string) string {
+	b := []byte(label)
+	for i, c := range b {
+		if !(c == '_' || (c >= '0' && c <= '9') || (c|0x20 >= 'a' && c|0x20 <= 'z')) {
+			b[i] = '_'
+		}
+	}
+	return "__meta_kubernetes_service_label_" + string(b)
+}
+
 // CheckOperatorMonitor: the operator's ServiceMonitor scrapes exactly the
 // manager's metrics Service, in its own namespace, on its https port with
 // the pod's bearer token (the manager authenticates every scrape), accepting
@@ -106,10 +134,10 @@ func PoolServiceLabels(pool string) map[string]string {
 
 // CheckWorkerMonitor: the worker ServiceMonitor selects the per-pool
 // Services the operator creates (by the labels controllers/children.go puts
-// on them) and not the operator's own metrics Service, and scrapes them over
-// http on the port the operator names. Where it looks for Services (its
-// namespaceSelector) is the caller's to check, and what its relabeling makes
-// of the targets is monitoring.CheckScrapes's.
+// on them) and not the operator's own metrics Service, scrapes them over
+// http on the port the operator names, and relabels the pool's name into
+// workerpool, as the operator's own series call it. Where it looks for
+// Services (its namespaceSelector) is the caller's to check.
 func CheckWorkerMonitor(t testing.TB, wm *ServiceMonitor, operatorService *corev1.Service) {
 	t.Helper()
 	poolService := labels.Set(PoolServiceLabels("payments"))
@@ -126,5 +154,8 @@ func CheckWorkerMonitor(t testing.TB, wm *ServiceMonitor, operatorService *corev
 	ep := wm.Spec.Endpoints[0]
 	if ep.Port != workersv1alpha1.MetricsPortName || ep.Path != "/metrics" || ep.Scheme != "http" {
 		t.Errorf("worker endpoint = %s %s %s, want http port %s /metrics", ep.Scheme, ep.Port, ep.Path, workersv1alpha1.MetricsPortName)
+	}
+	if got := RelabelTargets(wm)[ServiceLabelMeta(workersv1alpha1.PoolLabel)]; got != "workerpool" {
+		t.Errorf("worker endpoint relabels the pool label into %q, want workerpool (as the operator's series)", got)
 	}
 }
