@@ -73,14 +73,14 @@ func (r *WorkerPoolReconciler) applyChildren(ctx context.Context, pool *v1.Worke
 // touch an object of that name that the pool does not control.
 func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPool, desired client.Object) (client.Object, error) {
 	kind := kindOf(desired)
-	hash := hashOf(desired)
-	desired.SetAnnotations(withAnnotation(desired.GetAnnotations(), v1.AppliedHashAnnotation, hash))
-
+	hash := stampAppliedHash(desired)
 	u, err := applyConfiguration(desired)
 	if err != nil {
 		return nil, err
 	}
+
 	live := desired.DeepCopyObject().(client.Object)
+	create := false
 	switch err := r.Get(ctx, client.ObjectKeyFromObject(desired), live); {
 	case err == nil:
 		if !metav1.IsControlledBy(live, pool) {
@@ -96,9 +96,18 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 			}
 		}
 	case apierrors.IsNotFound(err):
-		// The cache holds only objects labelled as the operator's. Look past
-		// it before creating, so that an object someone else made under this
-		// name is reported, never taken over.
+		// The cache holds only objects labelled as the operator's, so an
+		// object of this name may still exist: the child is created by an
+		// apply that only creates, so that an object someone else made under
+		// this name is reported, never taken over.
+		create = true
+	default:
+		return nil, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
+	}
+
+	err = r.applyRequest(ctx, u, create)
+	if create && apierrors.IsConflict(err) {
+		// Something holds the name. Whose is it?
 		probe := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: desired.GetObjectKind().GroupVersionKind().GroupVersion().String(), Kind: kind}}
 		switch err := r.apiReader().Get(ctx, client.ObjectKeyFromObject(desired), probe); {
 		case err == nil && !metav1.IsControlledBy(probe, pool):
@@ -106,11 +115,12 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 		case err != nil && !apierrors.IsNotFound(err):
 			return nil, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
 		}
-	default:
-		return nil, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
+		// The pool's own child that the cache does not hold (it lost the
+		// labels the cache selects, or the cache is behind), or one deleted
+		// since: apply it as any other.
+		err = r.applyRequest(ctx, u, false)
 	}
-
-	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+	if err != nil {
 		return nil, classifyWriteError(kind, desired.GetName(), err)
 	}
 	r.Metrics.childWrite(pool, kind, "applied")
@@ -120,6 +130,25 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 		return nil, fmt.Errorf("read back %s %s: %w", kind, desired.GetName(), err)
 	}
 	return written, nil
+}
+
+// createOnlyVersion is the resourceVersion precondition of an apply that
+// must only create. The API server drops it from an object that an apply
+// creates (it wipes server-set metadata, as a create does), and refuses the
+// apply with a conflict when any object holds the name, because no object
+// has this version (etcd numbers its first write 2). The check that the
+// name is free and the create are thus one atomic request: nothing created
+// in between can be taken over.
+const createOnlyVersion = "1"
+
+// applyRequest sends a server-side apply request (one that only creates
+// when create is set).
+func (r *WorkerPoolReconciler) applyRequest(ctx context.Context, u *unstructured.Unstructured, create bool) error {
+	if create {
+		u = u.DeepCopy()
+		u.SetResourceVersion(createOnlyVersion)
+	}
+	return r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership)
 }
 
 // legacyFieldManagers are the field managers under which earlier versions
@@ -185,6 +214,14 @@ func classifyWriteError(kind, name string, err error) error {
 		return &blockedError{Reason: v1.ReasonInvalidSpec, Message: fmt.Sprintf("the API server refused %s %s rendered from the spec: %v", kind, name, err)}
 	}
 	return fmt.Errorf("apply %s %s: %w", kind, name, err)
+}
+
+// stampAppliedHash records, in the child's applied-hash annotation, the
+// hash of the child as planned, and returns it.
+func stampAppliedHash(desired client.Object) string {
+	hash := hashOf(desired)
+	desired.SetAnnotations(withAnnotation(desired.GetAnnotations(), v1.AppliedHashAnnotation, hash))
+	return hash
 }
 
 func withAnnotation(in map[string]string, key, value string) map[string]string {
@@ -314,7 +351,7 @@ func (r *WorkerPoolReconciler) deleteOwned(ctx context.Context, pool *v1.WorkerP
 // back to, or dropped from the Deployment's revision history).
 func (r *WorkerPoolReconciler) pruneConfigMaps(ctx context.Context, pool *v1.WorkerPool, current string, dep *appsv1.Deployment) error {
 	cms := &corev1.ConfigMapList{}
-	if err := r.List(ctx, cms, client.InNamespace(pool.Namespace), client.MatchingLabels(selectorLabels(pool))); err != nil {
+	if err := r.listOfPool(ctx, cms, pool); err != nil {
 		return fmt.Errorf("list ConfigMaps: %w", err)
 	}
 	if len(cms.Items) <= 1 {
@@ -324,7 +361,7 @@ func (r *WorkerPoolReconciler) pruneConfigMaps(ctx context.Context, pool *v1.Wor
 	if dep != nil {
 		mountedConfigMaps(dep.Spec.Template.Spec, inUse)
 		rss := &appsv1.ReplicaSetList{}
-		if err := r.List(ctx, rss, client.InNamespace(pool.Namespace), client.MatchingLabels(selectorLabels(pool))); err != nil {
+		if err := r.listOfPool(ctx, rss, pool); err != nil {
 			return fmt.Errorf("list ReplicaSets: %w", err)
 		}
 		for i := range rss.Items {

@@ -1,10 +1,13 @@
 package controllers
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 )
@@ -14,58 +17,100 @@ import (
 // Prometheus scrape of the operator alert on every pool, and the condition
 // gauge lets alert rules fire on Starving or Backpressure without a
 // kube-state-metrics custom-resource config.
+//
+// A pool's figures are kept as one small record and turned into series
+// only when the endpoint is scraped. A pool has about 35 series (24 of
+// them the condition gauge), and a labelled series held by the Prometheus
+// client costs about 600 bytes: kept as series, the metrics of 10 000
+// pools would be the largest thing in the operator's memory. The series
+// made for a scrape share their label pairs (each pool's namespace and
+// name, and the few values of type, status, kind and operation), so a
+// scrape of thousands of pools allocates little beyond what the Prometheus
+// client itself needs per series.
 type PoolMetrics struct {
-	pending     *prometheus.GaugeVec
-	oldestAge   *prometheus.GaugeVec
-	saturation  *prometheus.GaugeVec
-	ready       *prometheus.GaugeVec
-	scrapeErrs  *prometheus.CounterVec
-	condition   *prometheus.GaugeVec
-	scrapePass  prometheus.Histogram
-	childWrites *prometheus.CounterVec
-	reconciles  *prometheus.CounterVec
-	backlog     *prometheus.GaugeVec
-	oldestReady *prometheus.GaugeVec
-	desired     *prometheus.GaugeVec
-	scaled      *prometheus.CounterVec
+	mu    sync.Mutex
+	pools map[types.NamespacedName]*poolRecord
+
+	pending, oldestAge, saturation, ready, scrapeErrs, condition, childWrites, reconciles *prometheus.Desc
+	backlog, oldestReady, desired, scaled                                                 *prometheus.Desc
+	scrapePass                                                                            prometheus.Histogram
 }
 
-var poolLabels = []string{"namespace", "workerpool"}
+// poolRecord is one pool's figures. The slices are replaced, never changed
+// in place, so that a copy taken under the lock can be read without it.
+type poolRecord struct {
+	// labels are the pool's namespace and name label pairs, in label order.
+	labels []*dto.LabelPair
+
+	pending, oldestAgeSeconds, saturation, ready float64
+	reconciles                                   float64
+	// scrapeErrors counts failed pod scrapes; scraped says the pool was
+	// scraped at least once (the counter's series exists from then on).
+	scrapeErrors float64
+	scraped      bool
+	conditions   []poolCondition
+	writes       []childWriteCount
+
+	// The queue reading (queueRead: at least one succeeded) and the
+	// autoscaler's last decision (autoscaled: it decided at least once).
+	backlog, oldestReadySeconds   float64
+	queueRead                     bool
+	desired, scaledUp, scaledDown float64
+	autoscaled                    bool
+}
+
+type poolCondition struct {
+	Type   string
+	Status metav1.ConditionStatus
+}
+
+type childWriteCount struct {
+	kind, operation string
+	n               float64
+}
+
+var (
+	poolLabels       = []string{"namespace", "workerpool"}
+	conditionLabels  = []string{"namespace", "workerpool", "type", "status"}
+	childWriteLabels = []string{"namespace", "workerpool", "kind", "operation"}
+	// conditionStatuses are the values of the condition gauge's status
+	// label: each condition has a series for each, 1 for the current one.
+	conditionStatuses = []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown}
+)
 
 // NewPoolMetrics registers the per-pool series with reg.
 func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 	m := &PoolMetrics{
-		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_ffi_pending_events",
-			Help: "FFI events polled and not completed, summed over the pool's ready pods."}, poolLabels),
-		oldestAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_ffi_oldest_pending_age_seconds",
-			Help: "Age of the oldest pending FFI event among the pool's pods."}, poolLabels),
-		saturation: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_completion_saturation_ratio",
-			Help: "Highest completion-channel fill (0..1) among the pool's pods."}, poolLabels),
-		ready: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_ready_replicas",
-			Help: "Ready worker pods of the pool."}, poolLabels),
-		scrapeErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_scrape_errors_total",
-			Help: "Pod metrics scrapes that failed, per pool."}, poolLabels),
-		condition: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_status_condition",
-			Help: "1 for the pool condition's current status (True, False or Unknown), 0 for the others."},
-			append(poolLabels[:2:2], "type", "status")),
+		pools: map[types.NamespacedName]*poolRecord{},
+		pending: prometheus.NewDesc("workerpool_ffi_pending_events",
+			"FFI events polled and not completed, summed over the pool's ready pods.", poolLabels, nil),
+		oldestAge: prometheus.NewDesc("workerpool_ffi_oldest_pending_age_seconds",
+			"Age of the oldest pending FFI event among the pool's pods.", poolLabels, nil),
+		saturation: prometheus.NewDesc("workerpool_completion_saturation_ratio",
+			"Highest completion-channel fill (0..1) among the pool's pods.", poolLabels, nil),
+		ready: prometheus.NewDesc("workerpool_ready_replicas",
+			"Ready worker pods of the pool.", poolLabels, nil),
+		scrapeErrs: prometheus.NewDesc("workerpool_scrape_errors_total",
+			"Pod metrics scrapes that failed, per pool.", poolLabels, nil),
+		condition: prometheus.NewDesc("workerpool_status_condition",
+			"1 for the pool condition's current status (True, False or Unknown), 0 for the others.", conditionLabels, nil),
+		childWrites: prometheus.NewDesc("workerpool_child_writes_total",
+			"Server-side applies and deletes of a pool's children. It grows only when the pool or a child changed; growth on an unchanged pool is API load the operator should not cause.",
+			childWriteLabels, nil),
+		reconciles: prometheus.NewDesc("workerpool_reconciles_total",
+			"Reconcile passes that computed the pool's status.", poolLabels, nil),
+		backlog: prometheus.NewDesc("workerpool_queue_backlog",
+			"Steps ready to be claimed now over the pool's queues, read once per queue by the operator (a floor when a queue holds more than 100000).", poolLabels, nil),
+		oldestReady: prometheus.NewDesc("workerpool_queue_oldest_ready_age_seconds",
+			"How long the oldest ready step of the pool's queues has waited.", poolLabels, nil),
+		desired: prometheus.NewDesc("workerpool_autoscaler_desired_replicas",
+			"The replica count the built-in autoscaler set (pools with spec.autoscaling).", poolLabels, nil),
+		scaled: prometheus.NewDesc("workerpool_autoscaler_scale_decisions_total",
+			"Replica count changes the built-in autoscaler decided, by direction (up, down).", []string{"namespace", "workerpool", "direction"}, nil),
 		scrapePass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "workerpool_scrape_pass_duration_seconds",
 			Help: "Time to scrape all ready pods of one pool.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
-		childWrites: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_child_writes_total",
-			Help: "Server-side applies and deletes of a pool's children. It grows only when the pool or a child changed; growth on an unchanged pool is API load the operator should not cause."},
-			append(poolLabels[:2:2], "kind", "operation")),
-		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_reconciles_total",
-			Help: "Reconcile passes that computed the pool's status."}, poolLabels),
-		backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_queue_backlog",
-			Help: "Steps ready to be claimed now over the pool's queues, read once per queue by the operator (a floor when a queue holds more than 100000)."}, poolLabels),
-		oldestReady: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_queue_oldest_ready_age_seconds",
-			Help: "How long the oldest ready step of the pool's queues has waited."}, poolLabels),
-		desired: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "workerpool_autoscaler_desired_replicas",
-			Help: "The replica count the built-in autoscaler set (pools with spec.autoscaling)."}, poolLabels),
-		scaled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "workerpool_autoscaler_scale_decisions_total",
-			Help: "Replica count changes the built-in autoscaler decided, by direction (up, down)."}, append(poolLabels[:2:2], "direction")),
 	}
-	for _, c := range []prometheus.Collector{m.pending, m.oldestAge, m.saturation, m.ready, m.scrapeErrs, m.condition, m.scrapePass, m.childWrites, m.reconciles,
-		m.backlog, m.oldestReady, m.desired, m.scaled} {
+	for _, c := range []prometheus.Collector{(*poolCollector)(m), m.scrapePass} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -73,26 +118,60 @@ func NewPoolMetrics(reg prometheus.Registerer) (*PoolMetrics, error) {
 	return m, nil
 }
 
+// record returns the pool's record, made if it has none; the caller holds mu.
+func (m *PoolMetrics) record(namespace, name string) *poolRecord {
+	key := types.NamespacedName{Namespace: namespace, Name: name}
+	r := m.pools[key]
+	if r == nil {
+		r = &poolRecord{labels: []*dto.LabelPair{labelPair("namespace", namespace), labelPair("workerpool", name)}}
+		m.pools[key] = r
+	}
+	return r
+}
+
 // observe records a pool's new status.
 func (m *PoolMetrics) observe(pool *v1.WorkerPool, st *v1.WorkerPoolStatus) {
 	if m == nil {
 		return
 	}
-	l := prometheus.Labels{"namespace": pool.Namespace, "workerpool": pool.Name}
-	m.reconciles.With(l).Inc()
-	m.pending.With(l).Set(float64(st.FFI.PendingEvents))
-	m.oldestAge.With(l).Set(parseAgeSeconds(st.FFI.OldestPendingAge))
-	m.saturation.With(l).Set(float64(st.Dispatch.CompletionSaturationPercent) / 100)
-	m.ready.With(l).Set(float64(st.ReadyReplicas))
-	for _, c := range st.Conditions {
-		for _, s := range []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown} {
-			v := 0.0
-			if c.Status == s {
-				v = 1
-			}
-			m.condition.WithLabelValues(pool.Namespace, pool.Name, c.Type, string(s)).Set(v)
-		}
+	conditions := make([]poolCondition, len(st.Conditions))
+	for i, c := range st.Conditions {
+		conditions[i] = poolCondition{Type: c.Type, Status: c.Status}
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.record(pool.Namespace, pool.Name)
+	r.reconciles++
+	r.pending = float64(st.FFI.PendingEvents)
+	r.oldestAgeSeconds = parseAgeSeconds(st.FFI.OldestPendingAge)
+	r.saturation = float64(st.Dispatch.CompletionSaturationPercent) / 100
+	r.ready = float64(st.ReadyReplicas)
+	r.conditions = mergeConditions(r.conditions, conditions)
+}
+
+// mergeConditions returns the current conditions followed by those the
+// pool had and no longer has: as with a gauge vector, a condition's series
+// stay (at their last values) until the pool is forgotten.
+func mergeConditions(old, current []poolCondition) []poolCondition {
+	out := current
+outer:
+	for _, o := range old {
+		for _, c := range current {
+			if c.Type == o.Type {
+				continue outer
+			}
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// observeScrapePass records the duration of one scrape of a pool's pods.
+func (m *PoolMetrics) observeScrapePass(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.scrapePass.Observe(d.Seconds())
 }
 
 // scrapeErrors counts the failed pod scrapes of one pass over a pool.
@@ -100,7 +179,11 @@ func (m *PoolMetrics) scrapeErrors(pool *v1.WorkerPool, n int) {
 	if m == nil {
 		return
 	}
-	m.scrapeErrs.WithLabelValues(pool.Namespace, pool.Name).Add(float64(n))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.record(pool.Namespace, pool.Name)
+	r.scraped = true
+	r.scrapeErrors += float64(n)
 }
 
 // observeQueue records a reading of the pool's queues.
@@ -108,9 +191,12 @@ func (m *PoolMetrics) observeQueue(pool *v1.WorkerPool, q queueObservation) {
 	if m == nil || q.Err != nil {
 		return
 	}
-	l := prometheus.Labels{"namespace": pool.Namespace, "workerpool": pool.Name}
-	m.backlog.With(l).Set(float64(q.Backlog))
-	m.oldestReady.With(l).Set(q.OldestReady.Seconds())
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.record(pool.Namespace, pool.Name)
+	r.queueRead = true
+	r.backlog = float64(q.Backlog)
+	r.oldestReadySeconds = q.OldestReady.Seconds()
 }
 
 // observeScale records an autoscaler decision.
@@ -118,12 +204,16 @@ func (m *PoolMetrics) observeScale(pool *v1.WorkerPool, d scaleDecision) {
 	if m == nil {
 		return
 	}
-	m.desired.WithLabelValues(pool.Namespace, pool.Name).Set(float64(d.Desired))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.record(pool.Namespace, pool.Name)
+	r.autoscaled = true
+	r.desired = float64(d.Desired)
 	switch {
 	case d.Desired > d.From:
-		m.scaled.WithLabelValues(pool.Namespace, pool.Name, "up").Inc()
+		r.scaledUp++
 	case d.Desired < d.From:
-		m.scaled.WithLabelValues(pool.Namespace, pool.Name, "down").Inc()
+		r.scaledDown++
 	}
 }
 
@@ -132,7 +222,19 @@ func (m *PoolMetrics) childWrite(pool *v1.WorkerPool, kind, operation string) {
 	if m == nil {
 		return
 	}
-	m.childWrites.WithLabelValues(pool.Namespace, pool.Name, kind, operation).Inc()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.record(pool.Namespace, pool.Name)
+	writes := make([]childWriteCount, len(r.writes), len(r.writes)+1)
+	copy(writes, r.writes)
+	for i := range writes {
+		if writes[i].kind == kind && writes[i].operation == operation {
+			writes[i].n++
+			r.writes = writes
+			return
+		}
+	}
+	r.writes = append(writes, childWriteCount{kind: kind, operation: operation, n: 1})
 }
 
 // forget drops a deleted pool's series, so they do not linger as stale
@@ -141,19 +243,120 @@ func (m *PoolMetrics) forget(namespace, name string) {
 	if m == nil {
 		return
 	}
-	l := prometheus.Labels{"namespace": namespace, "workerpool": name}
-	m.pending.Delete(l)
-	m.oldestAge.Delete(l)
-	m.saturation.Delete(l)
-	m.ready.Delete(l)
-	m.scrapeErrs.Delete(l)
-	m.condition.DeletePartialMatch(l)
-	m.childWrites.DeletePartialMatch(l)
-	m.reconciles.Delete(l)
-	m.backlog.Delete(l)
-	m.oldestReady.Delete(l)
-	m.desired.Delete(l)
-	m.scaled.DeletePartialMatch(l)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.pools, types.NamespacedName{Namespace: namespace, Name: name})
+}
+
+// poolCollector turns the records into series when the endpoint is scraped.
+type poolCollector PoolMetrics
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.pending, c.oldestAge, c.saturation, c.ready, c.scrapeErrs, c.condition, c.childWrites, c.reconciles,
+		c.backlog, c.oldestReady, c.desired, c.scaled} {
+		ch <- d
+	}
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	// Copy the records under the lock and emit without it: a scrape of
+	// thousands of pools must not hold up the reconcilers.
+	c.mu.Lock()
+	records := make([]poolRecord, 0, len(c.pools))
+	for _, r := range c.pools {
+		records = append(records, *r)
+	}
+	c.mu.Unlock()
+	for _, r := range records {
+		pool := r.labels // namespace, workerpool
+		if r.reconciles > 0 {
+			ch <- &series{c.pending, pool, r.pending, false}
+			ch <- &series{c.oldestAge, pool, r.oldestAgeSeconds, false}
+			ch <- &series{c.saturation, pool, r.saturation, false}
+			ch <- &series{c.ready, pool, r.ready, false}
+			ch <- &series{c.reconciles, pool, r.reconciles, true}
+		}
+		if r.scraped {
+			ch <- &series{c.scrapeErrs, pool, r.scrapeErrors, true}
+		}
+		if r.queueRead {
+			ch <- &series{c.backlog, pool, r.backlog, false}
+			ch <- &series{c.oldestReady, pool, r.oldestReadySeconds, false}
+		}
+		if r.autoscaled {
+			ch <- &series{c.desired, pool, r.desired, false}
+			// In label name order: direction, namespace, workerpool.
+			ch <- &series{c.scaled, []*dto.LabelPair{constLabelPair("direction", "up"), pool[0], pool[1]}, r.scaledUp, true}
+			ch <- &series{c.scaled, []*dto.LabelPair{constLabelPair("direction", "down"), pool[0], pool[1]}, r.scaledDown, true}
+		}
+		for _, cond := range r.conditions {
+			typ := constLabelPair("type", cond.Type)
+			for _, s := range conditionStatuses {
+				v := 0.0
+				if cond.Status == s {
+					v = 1
+				}
+				// In label name order: namespace, status, type, workerpool.
+				labels := []*dto.LabelPair{pool[0], constLabelPair("status", string(s)), typ, pool[1]}
+				ch <- &series{c.condition, labels, v, false}
+			}
+		}
+		for _, w := range r.writes {
+			// kind, namespace, operation, workerpool.
+			labels := []*dto.LabelPair{constLabelPair("kind", w.kind), pool[0], constLabelPair("operation", w.operation), pool[1]}
+			ch <- &series{c.childWrites, labels, w.n, true}
+		}
+	}
+}
+
+// series is one sample of a pool's, with label pairs it shares with others.
+// Its labels must be in label name order, as the Prometheus client keeps
+// them.
+type series struct {
+	desc    *prometheus.Desc
+	labels  []*dto.LabelPair
+	value   float64
+	counter bool
+}
+
+func (s *series) Desc() *prometheus.Desc { return s.desc }
+
+func (s *series) Write(out *dto.Metric) error {
+	out.Label = s.labels
+	if s.counter {
+		out.Counter = &dto.Counter{Value: &s.value}
+	} else {
+		out.Gauge = &dto.Gauge{Value: &s.value}
+	}
+	return nil
+}
+
+func labelPair(name, value string) *dto.LabelPair {
+	return &dto.LabelPair{Name: &name, Value: &value}
+}
+
+// constLabelPairs are the label pairs of the few values of type, status,
+// kind and operation, made once and shared by every pool's series.
+var constLabelPairs = struct {
+	sync.RWMutex
+	m map[[2]string]*dto.LabelPair
+}{m: map[[2]string]*dto.LabelPair{}}
+
+func constLabelPair(name, value string) *dto.LabelPair {
+	key := [2]string{name, value}
+	constLabelPairs.RLock()
+	lp := constLabelPairs.m[key]
+	constLabelPairs.RUnlock()
+	if lp != nil {
+		return lp
+	}
+	constLabelPairs.Lock()
+	defer constLabelPairs.Unlock()
+	if lp = constLabelPairs.m[key]; lp == nil {
+		lp = labelPair(name, value)
+		constLabelPairs.m[key] = lp
+	}
+	return lp
 }
 
 func parseAgeSeconds(s string) float64 {

@@ -1,19 +1,25 @@
 package controllers
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
@@ -166,55 +172,177 @@ func (s *Scraper) scrape(parent context.Context, t scrapeTarget) (*podSample, er
 	return sample, nil
 }
 
-// parseSample decodes a metrics page and keeps the families the status
-// needs. A page without the dispatch gauges is not a worker's, and is
+// statusFamilies are the families a pod's sample is read from, and how
+// each family's series combine into one figure.
+var statusFamilies = map[string]struct {
+	into    func(*podSample) *float64
+	combine func(*dto.MetricFamily) float64
+}{
+	metricInFlight:          {func(s *podSample) *float64 { return &s.InFlight }, familySum},
+	metricCapacity:          {func(s *podSample) *float64 { return &s.Capacity }, familySum},
+	metricSaturation:        {func(s *podSample) *float64 { return &s.CompletionSaturation }, familyMax},
+	metricPending:           {func(s *podSample) *float64 { return &s.PendingEvents }, familySum},
+	metricOldestAge:         {func(s *podSample) *float64 { return &s.OldestPendingAgeMs }, familyMax},
+	metricStarving:          {func(s *podSample) *float64 { return &s.StarvingEvents }, familySum},
+	metricUnpolled:          {func(s *podSample) *float64 { return &s.UnpolledEvents }, familySum},
+	metricOldestUnpolled:    {func(s *podSample) *float64 { return &s.OldestUnpolledAgeMs }, familyMax},
+	metricLastPoll:          {func(s *podSample) *float64 { return &s.LastPollAgeMs }, familyMax},
+	metricCallbackTimeouts:  {func(s *podSample) *float64 { return &s.CallbackTimeouts }, familySum},
+	metricSemaphoreFailures: {func(s *podSample) *float64 { return &s.SemaphoreFailures }, familySum},
+}
+
+// parseSample reads a metrics page into a sample. Only the families in
+// statusFamilies are decoded; the rest of the page (the Go and process
+// collectors, the queue's and the worker's other series: most of it) is
+// skipped unread, so it costs neither time nor a failed scrape when it is
+// malformed. A page without the dispatch gauges is not a worker's, and is
 // refused rather than read as an idle pod.
 func parseSample(r io.Reader, format expfmt.Format) (*podSample, error) {
-	dec := expfmt.NewDecoder(r, format)
 	var s podSample
 	worker := false
-	for {
-		var mf dto.MetricFamily
-		if err := dec.Decode(&mf); err != nil {
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			return nil, fmt.Errorf("parse metrics: %w", err)
+	read := func(mf *dto.MetricFamily) {
+		f, ok := statusFamilies[mf.GetName()]
+		if !ok {
+			return
 		}
-		var into *float64
-		combine := familySum
-		switch mf.GetName() {
-		case metricInFlight:
-			into = &s.InFlight
-		case metricCapacity:
-			into, worker = &s.Capacity, true
-		case metricSaturation:
-			into, combine = &s.CompletionSaturation, familyMax
-		case metricPending:
-			into = &s.PendingEvents
-		case metricOldestAge:
-			into, combine = &s.OldestPendingAgeMs, familyMax
-		case metricStarving:
-			into = &s.StarvingEvents
-		case metricUnpolled:
-			into = &s.UnpolledEvents
-		case metricOldestUnpolled:
-			into, combine = &s.OldestUnpolledAgeMs, familyMax
-		case metricLastPoll:
-			into, combine = &s.LastPollAgeMs, familyMax
-		case metricCallbackTimeouts:
-			into = &s.CallbackTimeouts
-		case metricSemaphoreFailures:
-			into = &s.SemaphoreFailures
-		default:
-			continue
-		}
-		*into = combine(&mf)
+		*f.into(&s) = f.combine(mf)
+		worker = worker || mf.GetName() == metricCapacity
+	}
+	var err error
+	if format.FormatType() == expfmt.TypeProtoDelim {
+		err = readProtoFamilies(r, read)
+	} else {
+		err = readTextFamilies(r, format, read)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("parse metrics: %w", err)
 	}
 	if !worker {
 		return nil, fmt.Errorf("parse metrics: no %s: not a tasker-worker metrics page", metricCapacity)
 	}
 	return &s, nil
+}
+
+// protoPageReader is the reusable state of reading one protobuf page.
+type protoPageReader struct {
+	br  *bufio.Reader
+	msg []byte
+}
+
+var protoPageReaders = sync.Pool{New: func() any { return &protoPageReader{br: bufio.NewReaderSize(nil, 16<<10)} }}
+
+// readProtoFamilies reads a delimited protobuf page (a varint length before
+// each MetricFamily message) and decodes only the messages whose name field
+// is a status family.
+func readProtoFamilies(r io.Reader, read func(*dto.MetricFamily)) error {
+	p := protoPageReaders.Get().(*protoPageReader)
+	defer protoPageReaders.Put(p)
+	p.br.Reset(r)
+	defer p.br.Reset(nil) // keep no reference to the response body
+	for {
+		size, err := binary.ReadUvarint(p.br)
+		if errors.Is(err, io.EOF) {
+			return nil // between two messages: the end of the page
+		}
+		if err != nil {
+			return err
+		}
+		if size > maxMetricsBody {
+			return fmt.Errorf("a metric family of %d bytes", size)
+		}
+		p.msg = slices.Grow(p.msg[:0], int(size))[:size]
+		if _, err := io.ReadFull(p.br, p.msg); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if name, ok := protoFamilyName(p.msg); ok {
+			if _, wanted := statusFamilies[string(name)]; !wanted {
+				continue
+			}
+		}
+		var mf dto.MetricFamily
+		if err := proto.Unmarshal(p.msg, &mf); err != nil {
+			return err
+		}
+		read(&mf)
+	}
+}
+
+// protoFamilyName finds a MetricFamily message's name (field 1) without
+// decoding the message; ok is false when it has none or is malformed, and
+// the message is then decoded in full to find out.
+func protoFamilyName(msg []byte) (name []byte, ok bool) {
+	for len(msg) > 0 {
+		num, typ, n := protowire.ConsumeTag(msg)
+		if n < 0 {
+			return nil, false
+		}
+		msg = msg[n:]
+		if num == 1 && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(msg)
+			return v, n >= 0
+		}
+		if n = protowire.ConsumeFieldValue(num, typ, msg); n < 0 {
+			return nil, false
+		}
+		msg = msg[n:]
+	}
+	return nil, false
+}
+
+// readTextFamilies reads a text page: it keeps the lines of the status
+// families (samples, and their HELP and TYPE comments) and any line it
+// cannot attribute to a family, and decodes only those.
+func readTextFamilies(r io.Reader, format expfmt.Format, read func(*dto.MetricFamily)) error {
+	var kept bytes.Buffer
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), maxMetricsBody)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if name, ok := textLineFamily(line); ok {
+			if _, wanted := statusFamilies[string(name)]; !wanted {
+				continue
+			}
+		}
+		kept.Write(line)
+		kept.WriteByte('\n')
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	dec := expfmt.NewDecoder(&kept, format)
+	for {
+		var mf dto.MetricFamily
+		if err := dec.Decode(&mf); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		read(&mf)
+	}
+}
+
+// textLineFamily is the metric name a text exposition line is about: the
+// name before a sample's labels or value, or after "# HELP", "# TYPE" or
+// "# UNIT". ok is false for other lines (blank, other comments, a quoted
+// UTF-8 name), which are kept.
+func textLineFamily(line []byte) (name []byte, ok bool) {
+	if rest, isComment := bytes.CutPrefix(line, []byte("# ")); isComment {
+		keyword, rest, _ := bytes.Cut(rest, []byte(" "))
+		if !bytes.Equal(keyword, []byte("HELP")) && !bytes.Equal(keyword, []byte("TYPE")) && !bytes.Equal(keyword, []byte("UNIT")) {
+			return nil, false
+		}
+		name, _, _ = bytes.Cut(rest, []byte(" "))
+		return name, len(name) > 0
+	}
+	end := bytes.IndexAny(line, "{ \t")
+	if end <= 0 {
+		return nil, false
+	}
+	return line[:end], true
 }
 
 // familySum adds up a family's series (a worker exposes one per name; a

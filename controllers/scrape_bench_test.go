@@ -21,28 +21,28 @@ import (
 	"github.com/seed-a17b38e7/workerpool-operator/internal/worker"
 )
 
-// One status pass over a 500-pod pool, as the operator runs it
+// One status pass over 500 and over 5 000 pods, as the operator runs it
 // (cmd/manager's defaults: 64 scrapes in flight, 2 s per pod):
 //
-//	go test -run='^$' -bench=ScrapePass500 -benchtime=20x -count=3 ./controllers/
+//	go test -run='^$' -bench='ScrapePass(500|5000)$' -benchtime=20x -count=3 ./controllers/
 //
-// Each pod is its own loopback address (127.0.1.1 … 127.0.2.244), so each
-// is a distinct host to the transport, as pod IPs are. Each answers with the
-// response the real tasker-worker gave to the scraper's exact request
-// (worker.New with FFI on: queue, dispatch, FFI and channel families, Go and
-// process collectors; promhttp's protobuf exposition, uncompressed because
-// the scraper's transport does not ask for gzip), recorded once at setup
-// and replayed. Rendering
-// live in this process would charge the operator's 2 cores with work 500
-// pods do on their own CPUs; pod-render measures that work per pod.
+// Each pod is its own loopback address (127.0.1.1 … 127.0.2.244 for 500,
+// … 127.0.20.136 for 5 000), so each is a distinct host to the transport, as
+// pod IPs are. Each answers with the response the real tasker-worker gave to
+// the scraper's exact request (worker.New with FFI on: queue, dispatch, FFI
+// and channel families, Go and process collectors; promhttp's protobuf
+// exposition, uncompressed because the scraper's transport does not ask for
+// gzip), recorded at setup (once per distinct capacity) and replayed.
+// Rendering live in this process would charge the operator's 2 cores with
+// work the pods do on their own CPUs; pod-render measures that work per pod.
 //
 // Sub-benchmarks:
-//   - scrape: Scraper.ScrapeAll over the 500 pods, NewScraper as shipped.
+//   - scrape: Scraper.ScrapeAll over the pods, NewScraper as shipped.
 //     Each timed pass is followed, outside the timer, by one baseline pass
 //     with the same client, reported as baseline-ns/op and ratio
 //     (baseline/scrape, the docs' throughput ratio), so drift on a noisy
 //     machine hits both alike.
-//   - baseline: the same 500 GETs (same headers, concurrency, timeout and
+//   - baseline: the same GETs (same headers, concurrency, timeout and
 //     transport settings), body read to the end and discarded, not parsed.
 //   - pod-render: one live worker's /metrics handler serving the same
 //     request (what each pod spends per scrape), with the page's size.
@@ -51,17 +51,22 @@ import (
 // pod-render starts with connections left idle by an untimed warm-up pass,
 // as the operator's passes do between status intervals.
 const (
-	benchPods        = 500
 	benchConcurrency = 64
 	benchTimeout     = 2 * time.Second
 )
 
-func BenchmarkScrapePass500(b *testing.B) {
-	scrRaiseNoFile(b, 4*benchPods+512)
-	fleet := scrStartFleet(b, benchPods)
+func BenchmarkScrapePass500(b *testing.B) { benchScrapePass(b, 500) }
+
+func BenchmarkScrapePass5000(b *testing.B) { benchScrapePass(b, 5000) }
+
+func benchScrapePass(b *testing.B, pods int) {
+	// Listeners, and a client and a server socket per kept-alive connection.
+	scrRaiseNoFile(b, uint64(3*pods+512))
+	fleet := scrStartFleet(b, pods)
 	ctx := context.Background()
 
 	scrape := func(b *testing.B, s *Scraper, interleaveBaseline bool) {
+		defer s.Client.CloseIdleConnections()            // the next sub-benchmark's descriptors
 		samples, errs := s.ScrapeAll(ctx, fleet.targets) // warm-up: connections
 		fleet.checkPass(b, samples, errs)
 		var baseline time.Duration
@@ -95,6 +100,7 @@ func BenchmarkScrapePass500(b *testing.B) {
 
 	b.Run("baseline", func(b *testing.B) {
 		client := NewScraper(benchTimeout, benchConcurrency).Client
+		defer client.CloseIdleConnections()
 		if err := scrPlainPass(ctx, client, fleet.targets, benchConcurrency, benchTimeout); err != nil {
 			b.Fatal(err)
 		}
@@ -174,26 +180,17 @@ func (*scrDiscardResponse) WriteHeader(int)             {}
 func scrStartFleet(b *testing.B, n int) *scrFleet {
 	b.Helper()
 	f := &scrFleet{targets: make([]scrapeTarget, n)}
-	addr := netip.MustParseAddr("127.0.1.1") // 127.0.1.1 … 127.0.2.244 for 500
+	pages := map[int]*scrRecorded{} // by capacity
+	addr := netip.MustParseAddr("127.0.1.1")
 	for i := range n {
+		rec := pages[scrBenchCapacity(i)]
+		if rec == nil {
+			rec = scrRecordWorkerPage(b, scrBenchCapacity(i))
+			pages[scrBenchCapacity(i)] = rec
+		}
 		ln, err := net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
 		if err != nil {
 			b.Fatalf("listen on %s (pod %d): %v", addr, i, err)
-		}
-		// The worker is assembled on this listener (it never serves: it is
-		// not run), its response recorded, and its pool closed at once.
-		w, err := worker.New(context.Background(), worker.Options{
-			Config:      scrWorkerConfig(scrBenchCapacity(i), true),
-			DatabaseURL: "postgres://scrape-test@127.0.0.1:1/none?connect_timeout=1",
-			Listener:    ln, Logger: logr.Discard(), Version: "scrape-bench",
-		})
-		if err != nil {
-			b.Fatalf("assemble worker %d: %v", i, err)
-		}
-		rec := scrRecord(w.Handler(), scrRecordRequest())
-		w.Queue().Pool().Close()
-		if ce := rec.header.Get("Content-Encoding"); ce != "" {
-			b.Fatalf("worker %d answered with Content-Encoding %q to a request without Accept-Encoding", i, ce)
 		}
 		srv := &http.Server{
 			Handler:           rec,
@@ -206,10 +203,36 @@ func scrStartFleet(b *testing.B, n int) *scrFleet {
 		}
 		go func() { _ = srv.Serve(ln) }()
 		b.Cleanup(func() { _ = srv.Close() })
-		f.targets[i] = scrapeTarget{Pod: fmt.Sprintf("pool-%03d", i), URL: "http://" + ln.Addr().String() + "/metrics"}
+		f.targets[i] = scrapeTarget{Pod: fmt.Sprintf("pool-%04d", i), URL: "http://" + ln.Addr().String() + "/metrics"}
 		addr = addr.Next()
 	}
 	return f
+}
+
+// scrRecordWorkerPage assembles the real worker with the given capacity
+// (it never serves: it is not run), records its answer to the scraper's
+// request, and closes its pool at once.
+func scrRecordWorkerPage(b *testing.B, capacity int) *scrRecorded {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	w, err := worker.New(context.Background(), worker.Options{
+		Config:      scrWorkerConfig(capacity, true),
+		DatabaseURL: "postgres://scrape-test@127.0.0.1:1/none?connect_timeout=1",
+		Listener:    ln, Logger: logr.Discard(), Version: "scrape-bench",
+	})
+	if err != nil {
+		b.Fatalf("assemble worker (capacity %d): %v", capacity, err)
+	}
+	defer w.Queue().Pool().Close()
+	rec := scrRecord(w.Handler(), scrRecordRequest())
+	if ce := rec.header.Get("Content-Encoding"); ce != "" {
+		b.Fatalf("the worker answered with Content-Encoding %q to a request without Accept-Encoding", ce)
+	}
+	return rec
 }
 
 // scrBenchCapacity gives each pod its own max_concurrent_handlers, so a

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -863,5 +867,100 @@ func TestScrapeCancelledPassSaysSo(t *testing.T) {
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("target %d: %v, want context.Canceled", i, err)
 		}
+	}
+}
+
+// scrRealWorkerPage is the real worker's /metrics page (FFI on, capacity 9)
+// in the exposition the scraper asks for, or in text when text is true.
+func scrRealWorkerPage(t *testing.T, text bool) (body []byte, format expfmt.Format) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	h := scrNewRealWorker(t, ln, 9, true).Handler()
+	if text {
+		h = scrTextOnly(h)
+	}
+	rec := scrRecord(h, scrRecordRequest())
+	return rec.body, expfmt.ResponseFormat(rec.header)
+}
+
+// Only the families the status reads are decoded: a family the operator
+// does not read that no parser would accept (a runtime's own exporter gone
+// wrong) costs the pod nothing, in either exposition.
+func TestParseSampleSkipsFamiliesItDoesNotRead(t *testing.T) {
+	t.Run("protobuf", func(t *testing.T) {
+		page, format := scrRealWorkerPage(t, false)
+		if format.FormatType() != expfmt.TypeProtoDelim {
+			t.Fatalf("the worker answered %q, want delimited protobuf", format)
+		}
+		// A MetricFamily named "other_runtime_family" whose help (field 2)
+		// claims 100 bytes and has 3: not decodable.
+		undecodable := func(name string) []byte {
+			msg := protowire.AppendTag(nil, 1, protowire.BytesType)
+			msg = protowire.AppendString(msg, name)
+			msg = protowire.AppendTag(msg, 2, protowire.BytesType)
+			msg = protowire.AppendVarint(msg, 100)
+			msg = append(msg, "abc"...)
+			return append(protowire.AppendVarint(nil, uint64(len(msg))), msg...)
+		}
+		broken := undecodable("other_runtime_family")
+		if err := proto.Unmarshal(broken[1:], &dto.MetricFamily{}); err == nil {
+			t.Fatal("the broken family decodes: the test proves nothing")
+		}
+		withBroken := append(append(append([]byte(nil), broken...), page...), broken...)
+		got, err := parseSample(bytes.NewReader(withBroken), format)
+		if err != nil {
+			t.Fatalf("a page with an unreadable family the status does not need: %v", err)
+		}
+		got.LastPollAgeMs = 0 // a clock reading of the worker's, not one of its counts
+		if want := (podSample{Capacity: 9}); *got != want {
+			t.Fatalf("read %+v, want %+v", *got, want)
+		}
+		// The same message under a name the status reads is decoded, and
+		// refused; so is a page cut inside a family.
+		if _, err := parseSample(bytes.NewReader(append(undecodable(metricInFlight), page...)), format); err == nil {
+			t.Error("an unreadable family the status reads was accepted")
+		}
+		if _, err := parseSample(bytes.NewReader(page[:len(page)-3]), format); err == nil {
+			t.Error("a page cut inside a family was accepted")
+		}
+	})
+	t.Run("text", func(t *testing.T) {
+		page, format := scrRealWorkerPage(t, true)
+		if format.FormatType() != expfmt.TypeTextPlain {
+			t.Fatalf("the text-only worker answered %q, want text/plain", format)
+		}
+		broken := []byte("# TYPE other_runtime_family gauge\nother_runtime_family{pool=\"a\" 3 not a sample\n")
+		got, err := parseSample(bytes.NewReader(append(append([]byte(nil), broken...), page...)), format)
+		if err != nil {
+			t.Fatalf("a page with an unreadable family the status does not need: %v", err)
+		}
+		got.LastPollAgeMs = 0 // a clock reading of the worker's, not one of its counts
+		if want := (podSample{Capacity: 9}); *got != want {
+			t.Fatalf("read %+v, want %+v", *got, want)
+		}
+		// A broken line of a family the status reads still fails the page.
+		bad := append([]byte("tasker_dispatch_in_flight{x=\"1\" 3 not a sample\n"), page...)
+		if _, err := parseSample(bytes.NewReader(bad), format); err == nil {
+			t.Error("a broken line of a family the status reads was accepted")
+		}
+	})
+}
+
+// Reading the real worker's page allocates for the eleven families the status
+// reads, not for the whole page (870 allocations per page when every
+// family was decoded; the scrape pass over thousands of pods is mostly this).
+func TestParseSampleDecodesOnlyWhatItReads(t *testing.T) {
+	page, format := scrRealWorkerPage(t, false)
+	allocs := testing.AllocsPerRun(50, func() {
+		if _, err := parseSample(bytes.NewReader(page), format); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 150 {
+		t.Fatalf("%v allocations to read one worker page of %d bytes, want at most 150", allocs, len(page))
 	}
 }

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -160,7 +161,15 @@ func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if pool.Spec.Autoscaling != nil && r.AutoscaleInterval > 0 {
 		requeue = min(requeue, r.AutoscaleInterval)
 	}
-	return ctrl.Result{RequeueAfter: requeue}, nil
+	return refreshLater(requeue), nil
+}
+
+// refreshLater schedules the pool's periodic status refresh at low
+// priority: when many pools are due at once (thousands, after a restart or
+// while a flood of new pools is created), a new pool, a changed spec or a
+// pod that turned ready waits for none of them.
+func refreshLater(interval time.Duration) ctrl.Result {
+	return ctrl.Result{RequeueAfter: interval, Priority: ptr.To(handler.LowPriority)}
 }
 
 // observe reads what the pass decides on and the status is computed from:
@@ -182,7 +191,7 @@ func (r *WorkerPoolReconciler) observe(ctx context.Context, pool *v1.WorkerPool,
 		r.Metrics.observeQueue(pool, q)
 	}
 	pods := &corev1.PodList{}
-	if err := r.List(ctx, pods, client.InNamespace(pool.Namespace), client.MatchingLabels(selectorLabels(pool))); err != nil {
+	if err := r.listOfPool(ctx, pods, pool); err != nil {
 		return errors.Join(append(errs, fmt.Errorf("list pods: %w", err))...)
 	}
 	var targets []scrapeTarget
@@ -279,9 +288,7 @@ func (r *WorkerPoolReconciler) scrape(ctx context.Context, pool *v1.WorkerPool, 
 		if len(targets) > 0 {
 			start := time.Now()
 			samples, errs = r.Scraper.ScrapeAll(ctx, targets)
-			if r.Metrics != nil {
-				r.Metrics.scrapePass.Observe(time.Since(start).Seconds())
-			}
+			r.Metrics.observeScrapePass(time.Since(start))
 		}
 		r.samples.record(key, targets, samples, errs, now, present)
 		r.Metrics.scrapeErrors(pool, countErrors(errs))
@@ -367,7 +374,7 @@ func (r *WorkerPoolReconciler) writeStatus(ctx context.Context, pool *v1.WorkerP
 	next := computeStatus(pool, *obs)
 	r.Metrics.observe(pool, &next)
 	if !statusNeedsWrite(pool.Status, next) {
-		return result, passErr
+		return settle(result, passErr)
 	}
 	updated := pool.DeepCopy()
 	updated.Status = next
@@ -375,14 +382,29 @@ func (r *WorkerPoolReconciler) writeStatus(ctx context.Context, pool *v1.WorkerP
 		if apierrors.IsConflict(err) {
 			// The cache had not caught up with a newer pool yet: try again
 			// with it. Not an error worth a log line.
-			return ctrl.Result{RequeueAfter: conflictRetry}, passErr
+			return settle(ctrl.Result{RequeueAfter: conflictRetry}, passErr)
 		}
-		return result, errors.Join(passErr, fmt.Errorf("write WorkerPool status: %w", err))
+		if apierrors.IsNotFound(err) {
+			// Deleted during the pass: no status is left to write, and
+			// its children go with it.
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, errors.Join(passErr, fmt.Errorf("write WorkerPool status: %w", err))
 	}
 	ctrl.LoggerFrom(ctx).V(1).Info("status written", "ready", next.ReadyReplicas, "pending", next.FFI.PendingEvents,
 		"saturation", next.Dispatch.CompletionSaturationPercent)
 	r.emitEvents(pool, statusEvents(pool.Status, next))
-	return result, passErr
+	return settle(result, passErr)
+}
+
+// settle returns the pass's result, or only its error when it failed:
+// controller-runtime retries a failed pass with backoff and ignores a
+// requeue time returned with an error.
+func settle(result ctrl.Result, err error) (ctrl.Result, error) {
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	return result, nil
 }
 
 // emitEvents records condition transitions on the pool.
@@ -399,6 +421,9 @@ func (r *WorkerPoolReconciler) emitEvents(pool *v1.WorkerPool, evs []conditionEv
 // not owned by the pool (a ReplicaSet owns them), so they are mapped to
 // their pool through the pool label.
 func (r *WorkerPoolReconciler) SetupWithManager(mgr ctrl.Manager, concurrency int) error {
+	if err := indexByPool(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1.WorkerPool{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&corev1.ConfigMap{}).

@@ -36,6 +36,9 @@ trap cleanup EXIT
 log "bringing up the local cluster with this checkout's images (make cluster-up)"
 ${MAKE:-make} --no-print-directory cluster-up
 log "PostgreSQL for the queue on $PG_LISTEN:$PG_PORT"
+# A run that was killed before its cleanup left its database behind: the
+# suite counts the steps of its queues, so it starts from an empty one.
+bash hack/local-postgres.sh destroy >/dev/null 2>&1 || true
 url=$(bash hack/local-postgres.sh start)
 
 mkdir -p bin

@@ -29,6 +29,7 @@ import (
 // options are the manager's flags.
 type options struct {
 	metricsAddr, probeAddr  string
+	pprofAddr               string
 	secureMetrics, http2    bool
 	leaderElect             bool
 	leaderElectionNamespace string
@@ -50,6 +51,7 @@ func main() {
 	fs.BoolVar(&o.secureMetrics, "metrics-secure", true, "Serve metrics over HTTPS, allowing only callers that are authenticated and authorized (TokenReview and SubjectAccessReview) to read them.")
 	fs.BoolVar(&o.http2, "enable-http2", false, "Allow HTTP/2 on the metrics server (off by default because of the HTTP/2 rapid-reset CVEs).")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Address of Go's /debug/pprof endpoints (heap and CPU profiles), unauthenticated: bind it to localhost or reach it with kubectl port-forward. Empty or \"0\" disables it.")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader, so that only one of several operator replicas reconciles.")
 	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election lease (default: the operator's own namespace).")
 	fs.StringVar(&o.watchNamespaces, "watch-namespaces", "", "Comma-separated namespaces to watch; empty watches all namespaces.")
@@ -136,6 +138,7 @@ func run(o options) error {
 		Scheme:                  scheme,
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  o.probeAddr,
+		PprofBindAddress:        o.pprofAddr,
 		LeaderElection:          o.leaderElect,
 		LeaderElectionID:        "workerpool-operator.workers.tasker.dev",
 		LeaderElectionNamespace: o.leaderElectionNamespace,

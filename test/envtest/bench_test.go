@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,21 +17,23 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
+	"github.com/seed-a17b38e7/workerpool-operator/controllers"
 )
 
-// benchPools is how many pools BenchmarkReconcile1000Pools creates.
-const benchPools = 1000
+// benchReconcilers is the manager's default --max-concurrent-reconciles: the
+// baseline writes with the concurrency the operator runs with.
+const benchReconcilers = 4
 
 // BenchmarkReconcile1000Pools runs the real operator binary (cmd/manager,
 // production settings) against the envtest API server, creates 1 000
@@ -39,7 +42,12 @@ const benchPools = 1000
 // the same API writes (ConfigMap, Deployment, Service, status) made
 // directly by a client with the operator's concurrency, so the ratio is
 // the operator's own overhead. Run with -benchtime=1x.
-func BenchmarkReconcile1000Pools(b *testing.B) {
+func BenchmarkReconcile1000Pools(b *testing.B) { benchReconcile(b, 1000) }
+
+// BenchmarkReconcile10000Pools is the same at 10 000 pools.
+func BenchmarkReconcile10000Pools(b *testing.B) { benchReconcile(b, 10000) }
+
+func benchReconcile(b *testing.B, benchPools int) {
 	bin := managerBinary(b)
 	kubeconfig := benchKubeconfig(b)
 	c := rest.CopyConfig(cfg)
@@ -48,7 +56,7 @@ func BenchmarkReconcile1000Pools(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var operatorSecs, baseSecs, rssMiB, peakMiB, idleWrites float64
+	var operatorSecs, baseSecs, rssMiB, peakMiB, heapMiB, idleWrites, restartSecs, restartPeakMiB float64
 	var perPool operatorCounts // API requests and passes per pool, creation to steady state
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
@@ -59,53 +67,111 @@ func BenchmarkReconcile1000Pools(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		baseSecs += bareWrites(b, fast, baseNS).Seconds()
+		watch := watchSteadyState(b, baseNS)
+		start := time.Now()
+		bareWrites(b, fast, baseNS, benchPools)
+		watch.wait(b, benchPools)
+		baseSecs += time.Since(start).Seconds()
 
+		watch = watchSteadyState(b, ns)
 		op := startManager(b, bin, kubeconfig, ns)
 		b.StartTimer()
-		start := time.Now()
+		start = time.Now()
+		profiled := op.cpuProfile(b, benchPools)
 		parallel(b, benchPools, 16, func(j int) error {
 			wp := minimal(fmt.Sprintf("pool-%04d", j))
 			wp.Namespace = ns
 			return fast.Create(context.Background(), wp)
 		})
-		waitSteadyState(b, fast, ns)
+		watch.wait(b, benchPools)
 		operatorSecs += time.Since(start).Seconds()
 		b.StopTimer()
+		<-profiled
 		c := op.scrape(b)
-		perPool.reconciles += c.reconciles / benchPools
-		perPool.writes += c.writes / benchPools
-		perPool.reads += c.reads / benchPools
-		idleWrites += op.idlePassWrites(b)
+		perPool.reconciles += c.reconciles / float64(benchPools)
+		perPool.writes += c.writes / float64(benchPools)
+		perPool.reads += c.reads / float64(benchPools)
+		idleWrites += op.idlePassWrites(b, benchPools)
 		rss, peak := op.memory(b)
 		rssMiB, peakMiB = rssMiB+rss, peakMiB+peak
+		heapMiB += op.scrape(b).heapInuse / (1 << 20)
+		op.heapProfile(b, benchPools)
+		op.stop(b)
+
+		// Restart: a new operator process finds every pool and its children
+		// in place; the clock stops when it has passed over every pool once.
+		start = time.Now()
+		op = startManager(b, bin, kubeconfig, ns)
+		op.waitPasses(b, float64(benchPools), time.Duration(benchPools)*100*time.Millisecond)
+		restartSecs += time.Since(start).Seconds()
+		_, peak = op.memory(b)
+		restartPeakMiB += peak
 		op.stop(b)
 	}
 	n := float64(b.N)
-	b.ReportMetric(operatorSecs/n, "s/1000pools")
+	b.ReportMetric(operatorSecs/n, fmt.Sprintf("s/%dpools", benchPools))
 	b.ReportMetric(baseSecs/n, "baseline-s")
 	b.ReportMetric(operatorSecs/baseSecs, "ratio")
 	b.ReportMetric(rssMiB/n, "operator-rss-MiB")
 	b.ReportMetric(peakMiB/n, "operator-peak-rss-MiB")
+	b.ReportMetric(heapMiB/n, "operator-heap-inuse-MiB")
 	b.ReportMetric(idleWrites/n, "idle-pass-api-writes")
+	b.ReportMetric(restartSecs/n, "restart-s")
+	b.ReportMetric(restartPeakMiB/n, "restart-peak-rss-MiB")
 	b.ReportMetric(perPool.writes/n, "api-writes/pool")
 	b.ReportMetric(perPool.reads/n, "api-reads/pool")
 	b.ReportMetric(perPool.reconciles/n, "passes/pool")
 }
 
-// waitSteadyState waits until every pool in ns has a status for its
-// generation (with a Ready condition) and a Deployment.
-func waitSteadyState(b *testing.B, c client.Client, ns string) {
-	deadline := time.Now().Add(5 * time.Minute)
+// steadyWatch follows the pools and Deployments of a namespace through a
+// watch-fed cache of its own, so that both runs of the benchmark (the
+// operator's and the baseline's) end alike: when a watcher sees every pool
+// with a status for its generation and a Deployment. Listing 10 000 pools
+// from the API server every tick instead would load the server the runs are
+// timed on.
+type steadyWatch struct {
+	cache  cache.Cache
+	cancel context.CancelFunc
+}
+
+func watchSteadyState(b *testing.B, ns string) *steadyWatch {
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	watched, err := cache.New(cfg, cache.Options{Scheme: scheme.Scheme, DefaultNamespaces: map[string]cache.Config{ns: {}},
+		DefaultUnsafeDisableDeepCopy: ptr(true)}) // read only; copying 10 000 pools every tick would cost the machine
+	if err != nil {
+		b.Fatal(err)
+	}
+	dep := &metav1.PartialObjectMetadata{}
+	dep.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
+	for _, o := range []client.Object{dep, &v1.WorkerPool{}} { // informers before the cache starts
+		if _, err := watched.GetInformer(ctx, o, cache.BlockUntilSynced(false)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	go func() { _ = watched.Start(ctx) }()
+	if !watched.WaitForCacheSync(ctx) {
+		b.Fatal("bench cache did not sync")
+	}
+	return &steadyWatch{cache: watched, cancel: cancel}
+}
+
+// wait waits until every one of benchPools pools has a status for its
+// generation (with a Ready condition) and a Deployment, then stops watching.
+func (w *steadyWatch) wait(b *testing.B, benchPools int) {
+	defer w.cancel()
+	ctx := context.Background()
+	deps := &metav1.PartialObjectMetadataList{}
+	deps.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("DeploymentList"))
+	pools := &v1.WorkerPoolList{}
+	deadline := time.Now().Add(time.Duration(benchPools) * 200 * time.Millisecond)
 	tick := time.NewTicker(200 * time.Millisecond) // polling interval of the measurement, not a wait for an event
 	defer tick.Stop()
 	for {
-		pools := &v1.WorkerPoolList{}
-		deps := &appsv1.DeploymentList{}
-		if err := c.List(context.Background(), pools, client.InNamespace(ns)); err != nil {
+		if err := w.cache.List(ctx, pools); err != nil {
 			b.Fatal(err)
 		}
-		if err := c.List(context.Background(), deps, client.InNamespace(ns)); err != nil {
+		if err := w.cache.List(ctx, deps); err != nil {
 			b.Fatal(err)
 		}
 		done := 0
@@ -124,41 +190,42 @@ func waitSteadyState(b *testing.B, c client.Client, ns string) {
 	}
 }
 
-// bareWrites makes the writes the operator makes for benchPools pools,
-// directly, with the operator's default concurrency (4 reconcilers).
-func bareWrites(b *testing.B, c client.Client, ns string) time.Duration {
-	start := time.Now()
+// bareWrites makes the operator's writes for benchPools pools directly,
+// with the operator's default concurrency (benchReconcilers): it creates the
+// pools as the load generator does, then per pool server-side applies the
+// children exactly as the operator renders them (controllers'
+// RenderApplyRequests: same objects, field manager, owner references and
+// hash annotations) and writes the status the operator's first pass
+// computes. What it leaves out is the operator's own work: caches and
+// watches, reads past the cache, planning, and passes that write nothing.
+func bareWrites(b *testing.B, c client.Client, ns string, benchPools int) {
+	pools := make([]*v1.WorkerPool, benchPools)
 	parallel(b, benchPools, 16, func(j int) error {
-		wp := minimal(fmt.Sprintf("pool-%04d", j))
-		wp.Namespace = ns
-		return c.Create(context.Background(), wp)
+		pools[j] = minimal(fmt.Sprintf("pool-%04d", j))
+		pools[j].Namespace = ns
+		return c.Create(context.Background(), pools[j])
 	})
-	parallel(b, benchPools, 4, func(j int) error {
-		name := fmt.Sprintf("pool-%04d", j)
-		labels := map[string]string{v1.PoolLabel: name}
-		objs := []client.Object{
-			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name + "-config", Namespace: ns, Labels: labels}, Data: map[string]string{"worker.toml": "x"}},
-			&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels}, Spec: appsv1.DeploymentSpec{
-				Selector: &metav1.LabelSelector{MatchLabels: labels},
-				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
-					Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "worker", Image: "tasker-worker:dev"}}}}}},
-			&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels}, Spec: corev1.ServiceSpec{
-				ClusterIP: corev1.ClusterIPNone, Selector: labels, Ports: []corev1.ServicePort{{Name: "metrics", Port: 9090}}}},
-		}
-		for _, o := range objs {
-			if err := c.Create(context.Background(), o); err != nil {
-				return err
-			}
-		}
-		wp := &v1.WorkerPool{}
-		if err := c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, wp); err != nil {
+	parallel(b, benchPools, benchReconcilers, func(j int) error {
+		wp := pools[j]
+		reqs, err := controllers.RenderApplyRequests(wp)
+		if err != nil {
 			return err
 		}
-		wp.Status.ObservedGeneration = wp.Generation
-		wp.Status.Conditions = []metav1.Condition{{Type: v1.ConditionReady, Status: metav1.ConditionFalse, Reason: "Bench", LastTransitionTime: metav1.Now()}}
+		dep := &appsv1.Deployment{}
+		for _, u := range reqs {
+			if err := c.Apply(context.Background(), client.ApplyConfigurationFromUnstructured(u),
+				client.FieldOwner(controllers.FieldOwner), client.ForceOwnership); err != nil {
+				return err
+			}
+			if u.GetKind() == "Deployment" {
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, dep); err != nil {
+					return err
+				}
+			}
+		}
+		wp.Status = controllers.FirstStatus(wp, dep)
 		return c.Status().Update(context.Background(), wp)
 	})
-	return time.Since(start)
 }
 
 // parallel runs fn(0..n-1) on workers goroutines and fails on the first error.
@@ -220,75 +287,189 @@ type managerProc struct {
 	out     *syncBuffer
 	exited  chan struct{}
 	metrics string // the operator's /metrics URL
+	pprof   string // the operator's pprof address, if it serves one
+}
+
+// freeLocalAddr is a loopback address with a port nobody listens on.
+func freeLocalAddr(b *testing.B) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // idlePassWrites lets every pool, unchanged since steady state, pass
 // through reconcile once more (one status interval) and counts the API
 // writes the operator made meanwhile: an idle pool should cost none (no
 // child rewritten, no status written before the heartbeat).
-func (p *managerProc) idlePassWrites(b *testing.B) float64 {
+func (p *managerProc) idlePassWrites(b *testing.B, benchPools int) float64 {
 	before := p.scrape(b)
-	deadline := time.Now().Add(2 * time.Minute)
-	tick := time.NewTicker(500 * time.Millisecond) // polling interval of the measurement, not a wait for an event
+	now := p.waitPasses(b, before.reconciles+float64(benchPools), 2*time.Minute+time.Duration(benchPools)*10*time.Millisecond)
+	return now.writes - before.writes
+}
+
+// waitPasses waits until the operator has made passes passes in all (its
+// workerpool_reconciles_total) and returns its counts then.
+func (p *managerProc) waitPasses(b *testing.B, passes float64, timeout time.Duration) operatorCounts {
+	deadline := time.Now().Add(timeout)
+	// Every 5 s: at 10 000 pools the page has 350 000 series, and each read
+	// costs the operator CPU time the measurement would otherwise include.
+	tick := time.NewTicker(5 * time.Second) // polling interval of the measurement, not a wait for an event
 	defer tick.Stop()
 	for {
-		now := p.scrape(b)
-		if now.reconciles >= before.reconciles+benchPools {
-			return now.writes - before.writes
+		if now, ok := p.tryScrape(); ok && now.reconciles >= passes {
+			return now
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("pools did not pass through reconcile again: %v passes, %v before", now.reconciles, before.reconciles)
+			now, _ := p.tryScrape()
+			b.Fatalf("operator passes: %v, want %v within %s\n%s", now.reconciles, passes, timeout, p.out.String())
 		}
-		<-tick.C
+		select {
+		case <-tick.C:
+		case <-p.exited:
+			b.Fatalf("operator exited:\n%s", p.out.String())
+		}
 	}
 }
 
-type operatorCounts struct{ reconciles, writes, reads float64 }
+// cpuProfile records the operator's CPU profile over the first
+// $BENCH_CPUSECONDS (default 30) seconds of the flood of new pools into
+// $BENCH_CPUPROFILE-<pools>pools.pb.gz when BENCH_CPUPROFILE is set. The
+// channel is closed when it is written (at once when there is none).
+func (p *managerProc) cpuProfile(b *testing.B, benchPools int) <-chan struct{} {
+	done := make(chan struct{})
+	prefix := os.Getenv("BENCH_CPUPROFILE")
+	if prefix == "" {
+		close(done)
+		return done
+	}
+	seconds := os.Getenv("BENCH_CPUSECONDS")
+	if seconds == "" {
+		seconds = "30"
+	}
+	go func() {
+		defer close(done)
+		// The operator has just started: wait for its pprof endpoint.
+		deadline := time.Now().Add(30 * time.Second)
+		tick := time.NewTicker(100 * time.Millisecond) // polling for a listener to come up
+		defer tick.Stop()
+		for {
+			resp, err := http.Get("http://" + p.pprof + "/debug/pprof/")
+			if err == nil {
+				resp.Body.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Errorf("CPU profile: %v", err)
+				return
+			}
+			<-tick.C
+		}
+		if err := p.saveProfile("/debug/pprof/profile?seconds="+seconds, fmt.Sprintf("%s-%dpools.pb.gz", prefix, benchPools)); err != nil {
+			b.Errorf("CPU profile: %v", err)
+		}
+	}()
+	return done
+}
+
+// saveProfile writes what the operator's pprof endpoint path serves to file.
+func (p *managerProc) saveProfile(path, file string) error {
+	resp, err := http.Get("http://" + p.pprof + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// heapProfile writes the operator's heap profile (after a GC) to
+// $BENCH_HEAPPROFILE-<pools>pools.pb.gz when BENCH_HEAPPROFILE is set
+// (`go tool pprof -sample_index=inuse_space` reads it).
+func (p *managerProc) heapProfile(b *testing.B, benchPools int) {
+	if prefix := os.Getenv("BENCH_HEAPPROFILE"); prefix != "" {
+		if err := p.saveProfile("/debug/pprof/heap?gc=1", fmt.Sprintf("%s-%dpools.pb.gz", prefix, benchPools)); err != nil {
+			b.Fatalf("heap profile: %v", err)
+		}
+	}
+}
+
+type operatorCounts struct{ reconciles, writes, reads, heapInuse float64 }
 
 // scrape reads the reconcile passes (workerpool_reconciles_total), the API
 // writes (rest_client_requests_total, methods other than GET) and the API
 // reads (GET: single objects past the cache; the informers' lists and
 // watches too) from the operator's metrics.
 func (p *managerProc) scrape(b *testing.B) operatorCounts {
-	resp, err := http.Get(p.metrics)
+	c, err := p.counts()
 	if err != nil {
 		b.Fatalf("operator metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		b.Fatalf("operator metrics: %v", err)
-	}
-	var c operatorCounts
-	for _, m := range families["workerpool_reconciles_total"].GetMetric() {
-		c.reconciles += m.GetCounter().GetValue()
-	}
-	for _, m := range families["rest_client_requests_total"].GetMetric() {
-		for _, l := range m.GetLabel() {
-			switch {
-			case l.GetName() != "method":
-			case l.GetValue() == "GET":
-				c.reads += m.GetCounter().GetValue()
-			default:
-				c.writes += m.GetCounter().GetValue()
-			}
-		}
 	}
 	return c
 }
 
-func startManager(b *testing.B, bin, kubeconfig, ns string) *managerProc {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// tryScrape is scrape for an operator that may not serve its metrics yet.
+func (p *managerProc) tryScrape() (operatorCounts, bool) {
+	c, err := p.counts()
+	return c, err == nil
+}
+
+// counts reads the families it needs line by line: at 10 000 pools the
+// operator's page has hundreds of thousands of per-pool series, and decoding
+// them all every poll would load the machine the operator is timed on.
+func (p *managerProc) counts() (operatorCounts, error) {
+	resp, err := http.Get(p.metrics)
 	if err != nil {
-		b.Fatal(err)
+		return operatorCounts{}, err
 	}
-	metricsAddr := l.Addr().String()
-	_ = l.Close()
-	cmd := exec.Command(bin, "--watch-namespaces="+ns, "--metrics-bind-address="+metricsAddr, "--metrics-secure=false",
-		"--health-probe-bind-address=0", "--status-interval=15s", "--zap-log-level=error")
+	defer resp.Body.Close()
+	var c operatorCounts
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		family, _, _ := strings.Cut(line, "{")
+		family, _, _ = strings.Cut(family, " ")
+		if family != "workerpool_reconciles_total" && family != "rest_client_requests_total" && family != "go_memstats_heap_inuse_bytes" {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			return operatorCounts{}, fmt.Errorf("%q: %w", line, err)
+		}
+		switch {
+		case family == "go_memstats_heap_inuse_bytes":
+			c.heapInuse = v
+		case family == "workerpool_reconciles_total":
+			c.reconciles += v
+		case strings.Contains(line, `method="GET"`):
+			c.reads += v
+		default:
+			c.writes += v
+		}
+	}
+	return c, sc.Err()
+}
+
+func startManager(b *testing.B, bin, kubeconfig, ns string) *managerProc {
+	metricsAddr, pprofAddr := freeLocalAddr(b), ""
+	args := []string{"--watch-namespaces=" + ns, "--metrics-bind-address=" + metricsAddr, "--metrics-secure=false",
+		"--health-probe-bind-address=0", "--status-interval=15s", "--zap-log-level=error"}
+	if os.Getenv("BENCH_HEAPPROFILE") != "" || os.Getenv("BENCH_CPUPROFILE") != "" {
+		pprofAddr = freeLocalAddr(b)
+		args = append(args, "--pprof-bind-address="+pprofAddr)
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	p := &managerProc{cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{}), metrics: "http://" + metricsAddr + "/metrics"}
+	p := &managerProc{cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{}), metrics: "http://" + metricsAddr + "/metrics", pprof: pprofAddr}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

@@ -36,6 +36,9 @@ var (
 	cfg     *rest.Config
 	k8s     client.Client
 	testEnv *envtest.Environment
+	// operatorCache is the in-process operator's cache: what its reconciler
+	// reads objects from.
+	operatorCache client.Reader
 )
 
 // operatedNS is the namespace the in-process operator watches. Pools
@@ -137,6 +140,7 @@ func startOperator() (stop func(), err error) {
 	if err := r.SetupWithManager(mgr, 4); err != nil {
 		return nil, err
 	}
+	operatorCache = mgr.GetCache()
 	c, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(c) }()
