@@ -47,8 +47,9 @@ fmt-check: ## Fail, listing them, if any Go files are not gofmt-formatted
 	fi
 
 .PHONY: vet
-vet: ## Run go vet on every package
+vet: ## Run go vet on every package (test/monitoring, a module of its own, too)
 	$(GO) vet ./...
+	cd test/monitoring && $(GO) vet ./...
 
 ##@ Generate
 
@@ -85,6 +86,10 @@ verify-chart: manifests chart-generate ## Fail if the chart's generated files di
 .PHONY: envtest
 envtest: ## Build (or reuse) kube-apiserver and etcd for envtest, cached in ~/.cache/workerpool-operator
 	@bash hack/build-envtest.sh >/dev/null
+
+.PHONY: prometheus
+prometheus: ## Build (or reuse) promtool and the prometheus server at the release hack/tools/go.mod pins, cached in ~/.cache/workerpool-operator/prometheus
+	@GO=$(GO) bash hack/build-prometheus.sh >/dev/null
 
 ##@ Build
 
@@ -135,12 +140,21 @@ test: export TASKERWORKER_LIB := $(BIN)/libtaskerworker.so
 test: export TASKERWORKER_PACKAGES := $(PACKAGES_DIR)
 
 .PHONY: test
-test: test-deps verify-generated verify-chart build packages envtest ## Run the whole test suite with -race, then fuzz the config parser and the FFI result decoders briefly
+test: test-deps verify-generated verify-chart build packages envtest ## Run the whole test suite with -race (test/monitoring's promtool alert tests too), then fuzz the config parser and the FFI result decoders briefly
 	KUBEBUILDER_ASSETS="$$(bash hack/build-envtest.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) --no-print-directory test-monitoring
 	$(GO) test -race -count=1 -tags ffibench ./cmd/libtaskerworker/ # the benchmarks' DB-free event source
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/config/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeResult -fuzztime=10s ./internal/ffi/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeFastMatchesStd -fuzztime=10s ./internal/ffi/
+
+# test/monitoring is a module of its own (its go.mod says why), so `go test
+# ./...` above does not reach it. promtool is built first, so that a first
+# build (minutes) does not count against the tests' time limit.
+.PHONY: test-monitoring
+test-monitoring: ## Prove the alert rules and the dashboard with Prometheus's parser and promtool (check rules; test rules for every alert)
+	@GO=$(GO) bash hack/build-prometheus.sh promtool >/dev/null
+	cd test/monitoring && $(GO) test -race -count=1 -timeout 20m ./...
 
 # The FFI round-trip benchmarks run the real library and worker binary.
 bench: export TASKER_WORKER_BIN := $(BIN)/tasker-worker

@@ -13,19 +13,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -409,7 +406,7 @@ monitoring:
 	}
 
 	checkPrometheusRule(t, rule)
-	checkDashboard(t, dash, kubeobjects.RelabelTargets(wm))
+	checkDashboard(t, dash)
 
 	// Watching namespaces, the worker monitor looks only there.
 	objs = render(t, "watchNamespaces: [a, b]\nmonitoring:\n  workerServiceMonitor: {enabled: true}\n")
@@ -455,7 +452,8 @@ func checkPrometheusRule(t *testing.T, rule kubeobjects.Object) {
 		}
 	}
 	// The seed's five and the five condition alerts (test/manifests checks
-	// each rule against the metrics).
+	// their expressions, test/monitoring the metrics they read and, with
+	// promtool, when each fires).
 	for _, a := range []string{"FFIPendingEventsHigh", "FFIOldestEventAging", "CompletionChannelSaturated", "CompletionChannelCritical",
 		"CallbackTimeoutsHigh", "WorkerPoolStarving", "WorkerPoolBackpressure", "WorkerPoolStalled", "WorkerPoolNotReady", "WorkerPoolMetricsUnavailable"} {
 		if !slices.Contains(alerts, a) {
@@ -467,36 +465,34 @@ func checkPrometheusRule(t *testing.T, rule kubeobjects.Object) {
 // ---------------------------------------------------------------------------
 // The Grafana dashboard
 
+// dashboardFile is the dashboard the chart ships. test/monitoring parses
+// every query of it with Prometheus's parser and checks each against the
+// series the worker serves; here the chart must ship that file unchanged.
+var dashboardFile = filepath.Join(chartDir, "files", "dashboards", "workerpool-workers.json")
+
 type dashboard struct {
 	UID        string `json:"uid"`
 	Title      string `json:"title"`
 	Templating struct {
 		List []struct {
-			Name       string `json:"name"`
-			Type       string `json:"type"`
-			Query      any    `json:"query"`
-			Definition string `json:"definition"`
+			Name string `json:"name"`
 		} `json:"list"`
 	} `json:"templating"`
 	Panels []struct {
-		ID         int    `json:"id"`
 		Title      string `json:"title"`
-		Type       string `json:"type"`
 		Datasource struct {
-			Type string `json:"type"`
-			UID  string `json:"uid"`
+			UID string `json:"uid"`
 		} `json:"datasource"`
 		Targets []struct {
-			RefID        string `json:"refId"`
-			Expr         string `json:"expr"`
-			LegendFormat string `json:"legendFormat"`
+			Expr string `json:"expr"`
 		} `json:"targets"`
 	} `json:"panels"`
 }
 
-var legendLabel = regexp.MustCompile(`\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}`)
-
-func checkDashboard(t *testing.T, o kubeobjects.Object, relabeled map[string]string) {
+// checkDashboard: the ConfigMap is one Grafana's sidecar loads, holding the
+// chart's dashboard file as it is, whose panels all query through the
+// dashboard's datasource variable (so it works with any Prometheus).
+func checkDashboard(t *testing.T, o kubeobjects.Object) {
 	t.Helper()
 	cm := kubeobjects.Typed[*corev1.ConfigMap](t, o)
 	if cm.Labels["grafana_dashboard"] != "1" {
@@ -512,6 +508,13 @@ func checkDashboard(t *testing.T, o kubeobjects.Object, relabeled map[string]str
 		}
 		raw = v
 	}
+	file, err := os.ReadFile(dashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(raw) != strings.TrimSpace(string(file)) {
+		t.Errorf("the dashboard ConfigMap does not hold %s as it is", dashboardFile)
+	}
 	var d dashboard
 	if err := json.Unmarshal([]byte(raw), &d); err != nil {
 		t.Fatalf("dashboard JSON: %v", err)
@@ -519,40 +522,13 @@ func checkDashboard(t *testing.T, o kubeobjects.Object, relabeled map[string]str
 	if d.UID == "" || d.Title == "" || len(d.Panels) == 0 {
 		t.Fatalf("dashboard uid %q title %q with %d panels", d.UID, d.Title, len(d.Panels))
 	}
-
-	fams := kubeobjects.WorkerMetrics(t)
-	// Labels Prometheus adds to every target, and those the worker
-	// ServiceMonitor relabels in (workerpool).
-	targetLabels := slices.Concat([]string{"job", "instance", "namespace", "service", "pod", "container", "endpoint"},
-		slices.Collect(maps.Values(relabeled)))
-	variables := map[string]bool{}
+	var datasourceVariable bool
 	for _, v := range d.Templating.List {
-		variables[v.Name] = true
-		if v.Type != "query" {
-			continue
-		}
-		m, label, err := labelValuesQuery(v.Definition)
-		if err != nil {
-			t.Errorf("variable %s: %v", v.Name, err)
-			continue
-		}
-		fam, ok := fams[m.name]
-		if !ok {
-			t.Errorf("variable %s reads %s, which the worker does not serve", v.Name, m.name)
-			continue
-		}
-		for _, l := range append(m.matchers, label) {
-			if !slices.Contains(fam.Labels, l) && !slices.Contains(targetLabels, l) {
-				t.Errorf("variable %s uses label %s, which %s series do not carry", v.Name, l, m.name)
-			}
-		}
+		datasourceVariable = datasourceVariable || v.Name == "datasource"
 	}
-	if !variables["datasource"] {
+	if !datasourceVariable {
 		t.Error("the dashboard has no datasource variable; its panels name ${datasource}")
 	}
-
-	used := map[string]bool{}
-	var stepsByOutcome bool
 	for _, p := range d.Panels {
 		if p.Datasource.UID != "${datasource}" {
 			t.Errorf("panel %q uses datasource %q, want ${datasource}", p.Title, p.Datasource.UID)
@@ -561,60 +537,10 @@ func checkDashboard(t *testing.T, o kubeobjects.Object, relabeled map[string]str
 			t.Errorf("panel %q has no queries", p.Title)
 		}
 		for _, tg := range p.Targets {
-			q, err := readPromQL(tg.Expr)
-			if err != nil {
-				t.Errorf("panel %q: %v", p.Title, err)
-				continue
-			}
-			if len(q.selectors) == 0 {
-				t.Errorf("panel %q: no metric in %q", p.Title, tg.Expr)
-			}
-			available := slices.Clone(targetLabels)
-			for _, s := range q.selectors {
-				used[s.name] = true
-				fam, ok := fams[s.name]
-				if !ok {
-					served := slices.DeleteFunc(slices.Sorted(maps.Keys(fams)), func(n string) bool { return !strings.HasPrefix(n, "tasker_") })
-					t.Errorf("panel %q reads %s, which the worker does not serve (it serves %v)", p.Title, s.name, served)
-					continue
-				}
-				if s.inRate && fam.Type != dto.MetricType_COUNTER {
-					t.Errorf("panel %q takes rate() of %s, a %s", p.Title, s.name, fam.Type)
-				}
-				if !s.inRate && fam.Type == dto.MetricType_COUNTER {
-					t.Errorf("panel %q shows the counter %s without rate()", p.Title, s.name)
-				}
-				for _, l := range s.matchers {
-					if !slices.Contains(fam.Labels, l) && !slices.Contains(targetLabels, l) {
-						t.Errorf("panel %q matches label %s, which %s series do not carry", p.Title, l, s.name)
-					}
-				}
-				available = append(available, fam.Labels...)
-			}
-			for _, l := range q.grouping {
-				if !slices.Contains(available, l) {
-					t.Errorf("panel %q groups by %s, which its series do not carry", p.Title, l)
-				}
-			}
-			for _, m := range legendLabel.FindAllStringSubmatch(tg.LegendFormat, -1) {
-				if len(q.grouping) > 0 && !slices.Contains(q.grouping, m[1]) {
-					t.Errorf("panel %q legend shows {{%s}}, which its by (...) drops", p.Title, m[1])
-				}
-			}
-			if slices.ContainsFunc(q.selectors, func(s promSelector) bool { return s.name == "tasker_steps_completed_total" }) &&
-				slices.Contains(q.grouping, "outcome") {
-				stepsByOutcome = true
+			if strings.TrimSpace(tg.Expr) == "" {
+				t.Errorf("panel %q has an empty query", p.Title)
 			}
 		}
-	}
-	for _, m := range []string{"tasker_ffi_pending_events", "tasker_ffi_oldest_event_age_ms", "tasker_channel_completion_saturation",
-		"tasker_dispatch_in_flight", "tasker_callback_timeouts_total", "tasker_steps_completed_total"} {
-		if !used[m] {
-			t.Errorf("the dashboard does not show %s", m)
-		}
-	}
-	if !stepsByOutcome {
-		t.Error("no panel shows tasker_steps_completed_total by outcome")
 	}
 }
 

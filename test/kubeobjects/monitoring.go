@@ -124,6 +124,14 @@ func CheckOperatorMonitor(t testing.TB, om *ServiceMonitor, metricsService *core
 	}
 }
 
+// PoolServiceLabels are the labels of the headless Service the operator
+// creates for a pool (controllers/children.go puts them on every object it
+// creates for the pool), which the worker ServiceMonitor selects.
+func PoolServiceLabels(pool string) map[string]string {
+	return map[string]string{"app.kubernetes.io/managed-by": "workerpool-operator", "app.kubernetes.io/name": "tasker-worker",
+		workersv1alpha1.PoolLabel: pool, "app.kubernetes.io/instance": pool}
+}
+
 // CheckWorkerMonitor: the worker ServiceMonitor selects the per-pool
 // Services the operator creates (by the labels controllers/children.go puts
 // on them) and not the operator's own metrics Service, scrapes them over
@@ -132,8 +140,7 @@ func CheckOperatorMonitor(t testing.TB, om *ServiceMonitor, metricsService *core
 // Services (its namespaceSelector) is the caller's to check.
 func CheckWorkerMonitor(t testing.TB, wm *ServiceMonitor, operatorService *corev1.Service) {
 	t.Helper()
-	poolService := labels.Set{"app.kubernetes.io/managed-by": "workerpool-operator", "app.kubernetes.io/name": "tasker-worker",
-		workersv1alpha1.PoolLabel: "payments", "app.kubernetes.io/instance": "payments"}
+	poolService := labels.Set(PoolServiceLabels("payments"))
 	sel, err := metav1.LabelSelectorAsSelector(&wm.Spec.Selector)
 	if err != nil || !sel.Matches(poolService) || wm.Spec.Selector.MatchLabels["app.kubernetes.io/managed-by"] != "workerpool-operator" {
 		t.Errorf("worker ServiceMonitor selector %+v must select the pools' Services by app.kubernetes.io/managed-by=workerpool-operator (%v)", wm.Spec.Selector, err)
