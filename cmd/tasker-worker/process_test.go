@@ -21,6 +21,7 @@ import (
 
 	"github.com/seed-a17b38e7/workerpool-operator/internal/pgtest"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/queue/queuetest"
 )
 
 // These tests run the real tasker-worker binary as separate processes, so
@@ -57,20 +58,8 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	dsn := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(context.Background(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := queue.Migrate(context.Background(), pool); err != nil {
-		t.Fatal(err)
-	}
-	q, err := queue.New(pool, queue.Options{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{dsn: dsn, pool: pool, q: q, dir: t.TempDir()}
+	db := queuetest.New(t)
+	return &env{dsn: db.DSN, pool: db.Pool, q: db.Queue, dir: t.TempDir()}
 }
 
 // proc is a running worker process.

@@ -24,6 +24,7 @@ import (
 	"github.com/seed-a17b38e7/workerpool-operator/internal/handlers"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/pgtest"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/queue/queuetest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -37,21 +38,8 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	dsn := pgtest.NewDatabase(t)
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := queue.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	q, err := queue.New(pool, queue.Options{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{dsn: dsn, pool: pool, q: q}
+	db := queuetest.New(t)
+	return &env{dsn: db.DSN, pool: db.Pool, q: db.Queue}
 }
 
 // testConfig is a worker.toml tuned for fast tests.

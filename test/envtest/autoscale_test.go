@@ -14,8 +14,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
-	"github.com/seed-a17b38e7/workerpool-operator/internal/pgtest"
 	"github.com/seed-a17b38e7/workerpool-operator/internal/queue"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/queue/queuetest"
 )
 
 // queueDB is a real PostgreSQL database with the queue schema, and the
@@ -29,24 +29,12 @@ type queueDB struct {
 
 func newQueueDB(t *testing.T, secret string) *queueDB {
 	t.Helper()
-	dsn := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(context.Background(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := queue.Migrate(context.Background(), pool); err != nil {
-		t.Fatal(err)
-	}
-	q, err := queue.New(pool, queue.Options{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secret, Namespace: operatedNS}, StringData: map[string]string{"url": dsn}}
+	db := queuetest.New(t)
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secret, Namespace: operatedNS}, StringData: map[string]string{"url": db.DSN}}
 	if err := k8s.Create(ctx(t), s); err != nil {
 		t.Fatal(err)
 	}
-	return &queueDB{q: q, pool: pool, secret: secret}
+	return &queueDB{q: db.Queue, pool: db.Pool, secret: secret}
 }
 
 func (d *queueDB) enqueue(t *testing.T, queueName string, n int) {
