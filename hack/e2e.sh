@@ -48,5 +48,8 @@ export PATH="$k8s_bin:$PATH" # kubectl matching the cluster
 export E2E_OPERATOR_IMAGE=workerpool-operator:dev E2E_WORKER_IMAGE=tasker-worker:dev E2E_PAUSE_IMAGE=localhost/pause:dev
 export E2E_PYTHON_WORKER_IMAGE=tasker-python-worker:dev E2E_RUBY_WORKER_IMAGE=tasker-ruby-worker:dev
 export E2E_DATABASE_URL=$url E2E_HELM="$root/bin/helm"
+log "the Prometheus server (scrapes the pools and the operator, evaluates the shipped alert rules)"
+E2E_PROMETHEUS=$(GO=$GO bash hack/build-prometheus.sh prometheus)/prometheus
+export E2E_PROMETHEUS
 log "kubectl $(kubectl version --client -o json | sed -n 's/.*"gitVersion": "\(.*\)".*/\1/p' | head -n1), cluster $(kubectl get nodes --no-headers | awk '{print $1, $2}')"
 $GO test -tags e2e -count=1 -v -timeout 45m ./test/e2e/ 2>&1 | grep -v '^=== \(PAUSE\|CONT\)'

@@ -66,6 +66,7 @@ func TestOperator(t *testing.T) {
 	if err := e.k8s.Create(context.Background(), dbSecret(ns, e.databaseURL)); err != nil {
 		t.Fatal(err)
 	}
+	prom = startPrometheus(t, ns)
 
 	steps := []struct {
 		name string
@@ -321,14 +322,21 @@ func describe(t *testing.T, ns string) {
 	kubectl(t, "delete", "wp", "busy", "-n", ns, "--wait=true", "--timeout=2m")
 }
 
+// slowSteps is how many 4 s steps the starving scenario enqueues.
+const slowSteps = 50
+
 // starving: Python handlers that take 4 s, past a 2 s threshold, on two
-// polling threads: the events polled and those waiting age past it.
+// polling threads: the events polled and those waiting age past it. The
+// suite's Prometheus shows every dashboard panel for the pool, and fires
+// WorkerPoolStarving and resolves it once the pool recovers.
 func starving(t *testing.T, ns string) {
 	wp := foreignPool(ns, "slow-python", "slowpy", e.pythonImage)
 	wp.Spec.FFI = v1.FFISpec{Enabled: true, StarvationWarningThreshold: "2s", CompletionTimeout: "60s", CallbackTimeout: "1s"}
 	kubectlApply(t, e.poolManifest(t, wp))
 	e.waitPool(t, ns, "slow-python", "Ready", 3*time.Minute, ready)
-	e.enqueue(t, "slowpy", "sleep", `{"ms":4000}`, 10)
+	// 50 steps of 4 s on two polling threads keep events waiting past the
+	// threshold for well over the WorkerPoolStarving alert's minute.
+	e.enqueue(t, "slowpy", "sleep", `{"ms":4000}`, slowSteps)
 	got := e.waitPool(t, ns, "slow-python", "Starving=True", 2*time.Minute, func(w *v1.WorkerPool) bool {
 		return cond(w, v1.ConditionStarving).Status == metav1.ConditionTrue
 	})
@@ -338,10 +346,14 @@ func starving(t *testing.T, ns string) {
 		t.Errorf("Starving message %q says neither how long an event waited nor since when no poll came", msg)
 	}
 	t.Logf("$ kubectl describe wp slow-python (Starving)\n%s", kubectl(t, "describe", "wp", "slow-python", "-n", ns))
-	e.waitDrained(t, "slowpy", 10, 3*time.Minute)
+	prom.checkDashboard(t, ns, "slow-python")
+	prom.alertPendingThenFiring(t, ns, "slow-python", "WorkerPoolStarving")
+	e.waitDrained(t, "slowpy", slowSteps, 5*time.Minute)
 	e.waitPool(t, ns, "slow-python", "Starving=False", time.Minute, func(w *v1.WorkerPool) bool {
 		return cond(w, v1.ConditionStarving).Status == metav1.ConditionFalse
 	})
+	prom.waitAlert(t, ns, "slow-python", "WorkerPoolStarving", "", time.Minute)
+	t.Log("Prometheus: WorkerPoolStarving for slow-python resolved")
 	t.Logf("$ kubectl describe wp slow-python (recovered)\n%s", kubectl(t, "describe", "wp", "slow-python", "-n", ns))
 	events := kubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=slow-python", "-o", "jsonpath={.items[*].reason}")
 	if !strings.Contains(events, "Starving") || !strings.Contains(events, "StarvingCleared") {
@@ -393,6 +405,12 @@ func backpressure(t *testing.T, ns string) {
 	if c.Reason != v1.ReasonSaturationCritical || got.Status.Dispatch.CompletionSaturationPercent != 100 {
 		t.Errorf("a full buffer of 2 should be Critical at 100%%: %s", summary(got))
 	}
+	// The database stays stalled until Prometheus fires the pool's alert
+	// (from the operator's condition gauge) and the workers' own
+	// (from the completion channel's saturation).
+	prom.alertPendingThenFiring(t, ns, "tiny-buffer", "WorkerPoolBackpressure")
+	prom.waitAlert(t, ns, "tiny-buffer", "CompletionChannelCritical", "firing", time.Minute)
+	t.Log("Prometheus: CompletionChannelCritical for tiny-buffer firing")
 	if err := tx.Rollback(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -401,6 +419,9 @@ func backpressure(t *testing.T, ns string) {
 	e.waitPool(t, ns, "tiny-buffer", "Backpressure=False", time.Minute, func(w *v1.WorkerPool) bool {
 		return cond(w, v1.ConditionBackpressure).Status == metav1.ConditionFalse
 	})
+	prom.waitAlert(t, ns, "tiny-buffer", "WorkerPoolBackpressure", "", time.Minute)
+	prom.waitAlert(t, ns, "tiny-buffer", "CompletionChannelCritical", "", time.Minute)
+	t.Log("Prometheus: WorkerPoolBackpressure and CompletionChannelCritical for tiny-buffer resolved")
 	kubectl(t, "delete", "wp", "tiny-buffer", "-n", ns, "--wait=true", "--timeout=2m")
 }
 

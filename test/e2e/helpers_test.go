@@ -33,6 +33,7 @@ type env struct {
 	pauseImage                 string // a container that only waits, imported into the node
 	databaseURL                string // reachable from pods and from this host
 	helm                       []string
+	prometheusBin              string // the Prometheus server pinned in hack/tools
 	k8s                        client.Client
 	q                          *queue.Queue
 	db                         *pgxpool.Pool
@@ -56,6 +57,7 @@ func newEnv(ctx context.Context) (*env, error) {
 		pauseImage:    mustEnv("E2E_PAUSE_IMAGE"),
 		databaseURL:   mustEnv("E2E_DATABASE_URL"),
 		helm:          strings.Fields(mustEnv("E2E_HELM")),
+		prometheusBin: mustEnv("E2E_PROMETHEUS"),
 	}
 	mustEnv("KUBECONFIG")
 	scheme := runtime.NewScheme()

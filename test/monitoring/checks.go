@@ -51,7 +51,7 @@ func CheckScrapes(t testing.TB, operatorMonitor, workerMonitor *kubeobjects.Serv
 
 	expect := func(sc ScrapeConfig, p PodEndpoint, want map[string]string) {
 		t.Helper()
-		got, kept, err := sc.Target(p)
+		got, kept, err := Target(sc, p)
 		if err != nil {
 			t.Fatalf("job %s: %v", sc.JobName, err)
 		}
@@ -86,10 +86,10 @@ func CheckScrapes(t testing.TB, operatorMonitor, workerMonitor *kubeobjects.Serv
 	}
 
 	var err error
-	if s.WorkerTargetLabels, err = s.Worker.TargetLabels(worker); err != nil {
+	if s.WorkerTargetLabels, err = TargetLabels(s.Worker, worker); err != nil {
 		t.Fatal(err)
 	}
-	if s.OperatorTargetLabels, err = s.Operator.TargetLabels(manager); err != nil {
+	if s.OperatorTargetLabels, err = TargetLabels(s.Operator, manager); err != nil {
 		t.Fatal(err)
 	}
 	return s

@@ -1,37 +1,25 @@
 package monitoring
 
-import (
-	"fmt"
+import "github.com/seed-a17b38e7/workerpool-operator/test/promconfig"
 
-	"sigs.k8s.io/yaml"
+// RuleGroups and RuleFile are promconfig's: the server in the e2e suite
+// reads the same rule file promtool tests here.
+var (
+	RuleGroups = promconfig.RuleGroups
+	RuleFile   = promconfig.RuleFile
 )
 
-// RuleGroups reads the rule groups of a monitoring.coreos.com/v1
-// PrometheusRule: its spec, which is what prometheus-operator hands
-// Prometheus as a rule file. They are kept as decoded YAML, every field
-// as written, for RuleFile and for tests that change a rule.
-func RuleGroups(prometheusRule []byte) ([]any, error) {
-	var obj struct {
-		APIVersion string `json:"apiVersion"`
-		Kind       string `json:"kind"`
-		Spec       struct {
-			Groups []any `json:"groups"`
-		} `json:"spec"`
-	}
-	if err := yaml.Unmarshal(prometheusRule, &obj); err != nil {
-		return nil, err
-	}
-	if obj.APIVersion != "monitoring.coreos.com/v1" || obj.Kind != "PrometheusRule" {
-		return nil, fmt.Errorf("a %s %s, not a monitoring.coreos.com/v1 PrometheusRule", obj.APIVersion, obj.Kind)
-	}
-	if len(obj.Spec.Groups) == 0 {
-		return nil, fmt.Errorf("a PrometheusRule without rule groups")
-	}
-	return obj.Spec.Groups, nil
-}
+// The dashboard reader is promconfig's too: the e2e suite runs the same
+// queries against a live Prometheus.
+type (
+	Dashboard  = promconfig.Dashboard
+	Variable   = promconfig.Variable
+	Panel      = promconfig.Panel
+	PanelQuery = promconfig.PanelQuery
+)
 
-// RuleFile writes rule groups as a Prometheus rule file (promtool check
-// rules, promtool test rules and the server's rule_files read it).
-func RuleFile(groups []any) ([]byte, error) {
-	return yaml.Marshal(map[string]any{"groups": groups})
-}
+var (
+	ReadDashboard    = promconfig.ReadDashboard
+	ExpandVariables  = promconfig.ExpandVariables
+	LabelValuesQuery = promconfig.LabelValuesQuery
+)

@@ -1,4 +1,4 @@
-package monitoring
+package promconfig
 
 import (
 	"encoding/json"
