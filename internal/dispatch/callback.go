@@ -31,7 +31,7 @@ func (f CallbackFunc) OnHandlerComplete(ctx context.Context, step *StepMessage, 
 // CallbackStrategy chooses how long the completion processor waits for the
 // callback of a result it has just made durable. A foreign thread's Complete
 // never waits for a callback under any strategy, so no callback can deadlock
-// a foreign caller (seed risk 4).
+// a foreign caller that holds a lock the callback needs.
 type CallbackStrategy string
 
 // The seed's three strategies.

@@ -122,7 +122,7 @@ func TestBlockingWaitsForCallback(t *testing.T) {
 	wait(t, b.finished, "callback finished")
 }
 
-// Seed risk 4's deadlock: the caller holds a lock the callback needs. With
+// The deadlock to avoid: the caller holds a lock the callback needs. With
 // FireAndForget and BlockingWithTimeout the caller gets control back, releases
 // the lock, and the callback then completes.
 func TestNoDeadlockWhenCallbackNeedsCallersLock(t *testing.T) {

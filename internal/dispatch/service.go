@@ -234,8 +234,8 @@ func (s *HandlerDispatchService) Run(ctx context.Context) error {
 	}
 }
 
-// semaphoreFailure is seed risk 1: a step that cannot get a permit becomes an
-// explicit retryable failure on the completion channel.
+// semaphoreFailure: a step that cannot get a permit becomes an explicit
+// retryable failure on the completion channel, never a silently dropped step.
 func (s *HandlerDispatchService) semaphoreFailure(st *stepState) {
 	msg := &st.c.Message
 	s.metrics.SemaphoreFailures.Inc()
@@ -338,7 +338,8 @@ func (s *HandlerDispatchService) run(st *stepState) {
 		s.discardLate(st, elapsed)
 		return
 	}
-	// Seed risk 3: release the permit before sending the result.
+	// Release the permit before sending the result: a send that waits on a
+	// full completion channel must not also keep new handlers from starting.
 	s.release(st)
 	fillResult(&st.c.Result, msg, out, s.shutdownError(st, err), panicked, elapsed, start.Add(elapsed))
 	s.deliver(st)
@@ -549,7 +550,7 @@ func (s *HandlerDispatchService) stopped() bool {
 }
 
 // Abort closes the semaphore: from then on every message the loop takes
-// becomes a retryable semaphore_acquisition_failed result (seed risk 1).
+// becomes a retryable semaphore_acquisition_failed result.
 func (s *HandlerDispatchService) Abort() {
 	s.sem.Close()
 	s.interruptMu.Do(func() { close(s.interrupt) })

@@ -15,7 +15,7 @@ import (
 
 var noop = HandlerFunc(func(context.Context, *StepMessage) (json.RawMessage, error) { return json.RawMessage(`{}`), nil })
 
-// Seed risk 1: no permit → an explicit retryable failure with metadata, sent
+// No permit → an explicit retryable failure with metadata, sent
 // to the completion channel.
 func TestSemaphoreClosedProducesFailureResult(t *testing.T) {
 	h := newHarness(t, ServiceConfig{}, 4, 4, map[string]Handler{"noop": noop})
@@ -41,7 +41,7 @@ func TestSemaphoreClosedProducesFailureResult(t *testing.T) {
 	}
 }
 
-// Seed risk 3: permits are released before the send, so with a full
+// Permits are released before the send, so with a full
 // completion channel new handlers still start.
 func TestFullCompletionChannelDoesNotStarveDispatch(t *testing.T) {
 	var started atomic.Int32
