@@ -327,6 +327,37 @@ func TestEnqueueAndStatsCommands(t *testing.T) {
 	}
 }
 
+// A database no worker has migrated yet: enqueue and stats say what to run
+// instead of PostgreSQL's "relation does not exist", and work after it.
+func TestCommandsOnAnUnmigratedDatabaseNameTheFix(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(workerBin, args...)
+		cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for _, args := range [][]string{
+		{"enqueue", "--queue", "payments", "--handler", "noop"},
+		{"stats"},
+	} {
+		out, err := run(args...)
+		if err == nil {
+			t.Fatalf("%v on an unmigrated database succeeded:\n%s", args, out)
+		}
+		want := fmt.Sprintf("queue schema at version 0, this tasker-worker needs %d: run `tasker-worker migrate`", queue.LatestSchemaVersion)
+		if !strings.Contains(out, want) || strings.Contains(out, "does not exist") {
+			t.Fatalf("%v: want an error containing %q, got:\n%s", args, want, out)
+		}
+	}
+	if out, err := run("migrate"); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out)
+	}
+	if out, err := run("enqueue", "--queue", "payments", "--handler", "noop"); err != nil || !strings.Contains(out, "enqueued 1 steps") {
+		t.Fatalf("enqueue after migrate: %v\n%s", err, out)
+	}
+}
+
 // ffiTOML enables the FFI dispatch channel with a short starvation threshold,
 // so that the built-in poller's hold makes its events starve.
 const ffiTOML = `

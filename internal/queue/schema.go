@@ -121,6 +121,27 @@ ALTER TABLE tasker_steps SET (
 // Migrate brings a database up to it. Bump it with every new migration.
 const LatestSchemaVersion = 4
 
+// SchemaVersion is the newest schema version applied to the database, 0 when
+// the queue schema is not there at all. Tools that only read or enqueue use it
+// to refuse a database no worker has migrated yet with a clear message instead
+// of "relation does not exist".
+func SchemaVersion(ctx context.Context, pool *pgxpool.Pool) (int, error) {
+	// Two statements: a relation named in a query must exist when the query
+	// is parsed, whichever branch would run.
+	var present bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('tasker_schema_migrations') IS NOT NULL`).Scan(&present); err != nil {
+		return 0, fmt.Errorf("read queue schema version: %w", err)
+	}
+	if !present {
+		return 0, nil
+	}
+	var version int
+	if err := pool.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM tasker_schema_migrations`).Scan(&version); err != nil {
+		return 0, fmt.Errorf("read queue schema version: %w", err)
+	}
+	return version, nil
+}
+
 // Migrate creates or upgrades the queue's tables. It is idempotent and safe
 // to run from every worker at start-up: one transaction holds an advisory
 // lock while it reads tasker_schema_migrations and applies what is missing,

@@ -266,6 +266,17 @@ func openQueue(ctx context.Context, dbURL string) (*queue.Queue, func(), error) 
 	if err != nil {
 		return nil, nil, err
 	}
+	version, err := queue.SchemaVersion(ctx, pool)
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	if version < queue.LatestSchemaVersion {
+		pool.Close()
+		return nil, nil, fmt.Errorf("database: queue schema at version %d, this tasker-worker needs %d: "+
+			"run `tasker-worker migrate` (a worker also migrates at start-up unless started with --migrate=false)",
+			version, queue.LatestSchemaVersion)
+	}
 	qu, err := queue.New(pool, queue.Options{}, nil)
 	if err != nil {
 		pool.Close()

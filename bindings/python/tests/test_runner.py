@@ -74,6 +74,16 @@ class RunnerTest(support.WorkerTestCase):
         self.addCleanup(lambda: p.poll() is None and p.kill())
         return p
 
+    def wait_ready(self):
+        """Waits for the runner's /readyz to answer 200: it has applied the queue
+        schema and its pollers poll, so steps enqueued now find their tables."""
+        def ready():
+            try:
+                return support.http_get(f"http://127.0.0.1:{self.port}/readyz")[0] == 200
+            except OSError:  # not listening yet
+                return False
+        support.wait_for("the runner to be ready", ready, timeout=60, interval=0.1)
+
     def output(self):
         self.log.flush()
         return (self.dir / "runner.log").read_text()
@@ -100,6 +110,7 @@ class RunnerTest(support.WorkerTestCase):
             """)
         self.write("notes.txt", "not a handler file")
         p = self.start_runner("run", str(self.dir), "--pollers", "2")
+        self.wait_ready()
         support.enqueue(self.queue, "score", 3, payload={"features": [1, 2, 3]})
         support.enqueue(self.queue, "score", 1, payload={})
         support.enqueue(self.queue, "echo", 1, payload={"a": 1})
@@ -153,6 +164,7 @@ class RunnerTest(support.WorkerTestCase):
                 raise SystemExit("a handler that ends its thread")
             """)
         p = self.start_runner("run", str(self.dir), "--pollers", "1")
+        self.wait_ready()
         support.enqueue(self.queue, "deadly", 1, max_attempts=3)
         self.assertEqual(p.wait(60), 1, self.output())
         self.assertIn("every poller thread has stopped", self.output())

@@ -92,6 +92,16 @@ class RunnerTest < WorkerTest
     status.exitstatus
   end
 
+  # Waits for the runner's /readyz to answer 200: it has applied the queue
+  # schema and its pollers poll, so steps enqueued now find their tables.
+  def wait_ready
+    Support.wait_for("the runner to be ready", timeout: 60, interval: 0.1) do
+      Support.http_get("http://127.0.0.1:#{@port}/readyz").first == 200
+    rescue SystemCallError # not listening yet
+      false
+    end
+  end
+
   def output
     File.read(@log)
   end
@@ -113,6 +123,7 @@ class RunnerTest < WorkerTest
     RUBY
     write("notes.txt", "not a handler file")
     start_runner("run", @dir, "--pollers", "2")
+    wait_ready
     Support.enqueue(@queue, "score", 3, payload: { "features" => [1, 2, 3] })
     Support.enqueue(@queue, "score", 1, payload: {})
     Support.enqueue(@queue, "echo", 1, payload: { "a" => 1 })
@@ -156,6 +167,7 @@ class RunnerTest < WorkerTest
   def test_exits_when_every_poller_died_and_the_step_is_not_lost
     write("deadly.rb", "TaskerWorker.handler(\"deadly\") { raise Interrupt, \"a handler that ends its thread\" }\n")
     start_runner("run", @dir, "--pollers", "1")
+    wait_ready
     Support.enqueue(@queue, "deadly", 1, max_attempts: 3)
     assert_equal 1, wait_runner(60), output
     assert_includes output, "every poller thread has stopped"
