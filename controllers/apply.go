@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -142,13 +143,20 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 const createOnlyVersion = "1"
 
 // applyRequest sends a server-side apply request (one that only creates
-// when create is set).
+// when create is set) and, when it succeeds, replaces u with the object as
+// the API server stored it: generation and status included, so that the
+// pass computes the pool's status from what the next pass will find in the
+// cache, and does not write the status twice for one change.
 func (r *WorkerPoolReconciler) applyRequest(ctx context.Context, u *unstructured.Unstructured, create bool) error {
+	req := u.DeepCopy()
 	if create {
-		u = u.DeepCopy()
-		u.SetResourceVersion(createOnlyVersion)
+		req.SetResourceVersion(createOnlyVersion)
 	}
-	return r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership)
+	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(req), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return err
+	}
+	u.Object = req.Object
+	return nil
 }
 
 // legacyFieldManagers are the field managers under which earlier versions
@@ -252,13 +260,15 @@ func applyConfiguration(o client.Object) (*unstructured.Unstructured, error) {
 // value the API server defaults (a probe's successThreshold) is absent from
 // it, so defaulted fields are ignored, and so are fields other managers
 // added. A field removed from the plan is caught by the applied hash instead.
+// The fields the cache does not hold (cacheOmits) are not compared.
 func unchanged(request *unstructured.Unstructured, live client.Object) bool {
 	have, err := runtime.DefaultUnstructuredConverter.ToUnstructured(live)
 	if err != nil {
 		return false
 	}
+	omitted := cacheOmits[kindOf(live)]
 	for k, v := range request.Object {
-		if k != "apiVersion" && k != "kind" && !holds(v, have[k]) {
+		if k != "apiVersion" && k != "kind" && !slices.Contains(omitted, k) && !holds(v, have[k]) {
 			return false
 		}
 	}

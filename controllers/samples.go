@@ -55,6 +55,10 @@ func (s *sampleStore) due(pool types.NamespacedName, targets []scrapeTarget, now
 }
 
 // record stores a scrape of targets at now and forgets pods that are gone.
+// With no targets nothing was read: the pool keeps the time of its last
+// real scrape (none for a pool that never had a pod to read), so that its
+// lastScrapeTime does not advance, and its status is not rewritten, for a
+// pass that measured nothing.
 func (s *sampleStore) record(pool types.NamespacedName, targets []scrapeTarget, samples []*podSample, errs []error, now time.Time, present map[string]bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -63,10 +67,16 @@ func (s *sampleStore) record(pool types.NamespacedName, targets []scrapeTarget, 
 	}
 	p := s.pools[pool]
 	if p == nil {
+		if len(targets) == 0 {
+			return // no state for a pool with nothing to read
+		}
 		p = &poolSamples{pods: map[string]podRecord{}}
 		s.pools[pool] = p
 	}
-	p.scrapedAt, p.podSet = now, podSetKey(targets)
+	p.podSet = podSetKey(targets)
+	if len(targets) > 0 {
+		p.scrapedAt = now
+	}
 	for i, t := range targets {
 		rec := p.pods[t.Pod]
 		if errs[i] == nil && samples[i] != nil {

@@ -289,9 +289,9 @@ func (r *WorkerPoolReconciler) scrape(ctx context.Context, pool *v1.WorkerPool, 
 			start := time.Now()
 			samples, errs = r.Scraper.ScrapeAll(ctx, targets)
 			r.Metrics.observeScrapePass(time.Since(start))
+			r.Metrics.scrapeErrors(pool, countErrors(errs))
 		}
 		r.samples.record(key, targets, samples, errs, now, present)
-		r.Metrics.scrapeErrors(pool, countErrors(errs))
 	}
 	scrapedAt, records := r.samples.lookup(key)
 	if !scrapedAt.IsZero() {

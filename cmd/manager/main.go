@@ -112,6 +112,9 @@ func run(o options) error {
 		return err
 	}
 	log := ctrl.Log.WithName("setup")
+	if soft := setMemoryLimit("/sys/fs/cgroup"); soft > 0 {
+		log.Info("Go memory limit set from the container's", "bytes", soft, "share", memoryLimitShare)
+	}
 	scheme := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(workersv1alpha1.AddToScheme(scheme))

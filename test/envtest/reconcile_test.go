@@ -213,3 +213,46 @@ func TestPeriodicRefreshYieldsToNewPools(t *testing.T) {
 		t.Fatalf("the queue served %v first, want the new pool %v before the periodic refresh", first, created)
 	}
 }
+
+// A pool with no pod to read measures nothing, so its passes write nothing:
+// no lastScrapeTime, and no heartbeat rewrite of an unchanged status however
+// long it stays so. (A pool with pods rewrites an unchanged status every
+// five minutes, to show its figures are fresh.)
+func TestPoolWithoutPodsWritesNoHeartbeat(t *testing.T) {
+	iso := newIsolated(t)
+	req := iso.createPool(t, "podless")
+	now := time.Now()
+	iso.r.Now = func() time.Time { return now }
+	if _, err := iso.r.Reconcile(ctx(t), req); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the cache holds the first status", 20*time.Second, func() (bool, string) {
+		wp := &v1.WorkerPool{}
+		err := iso.cache.Get(context.Background(), req.NamespacedName, wp)
+		return err == nil && wp.Status.ObservedGeneration == wp.Generation, fmt.Sprint(err, wp.Status.ObservedGeneration)
+	})
+	for _, later := range []time.Duration{time.Minute, 6 * time.Minute, time.Hour} {
+		now = now.Add(later)
+		before := &v1.WorkerPool{}
+		_ = k8s.Get(ctx(t), req.NamespacedName, before)
+		_, n := iso.requests.since(0)
+		if _, err := iso.r.Reconcile(ctx(t), req); err != nil {
+			t.Fatal(err)
+		}
+		seen, _ := iso.requests.since(n)
+		for _, r := range seen {
+			if method, _, _ := strings.Cut(r, " "); method != http.MethodGet {
+				after := &v1.WorkerPool{}
+				_ = k8s.Get(ctx(t), req.NamespacedName, after)
+				t.Fatalf("an unchanged pool without pods, %s later: the pass wrote %s (all requests: %v)\nbefore %+v\nafter %+v", later, r, seen, before.Status, after.Status)
+			}
+		}
+	}
+	wp := &v1.WorkerPool{}
+	if err := k8s.Get(ctx(t), req.NamespacedName, wp); err != nil {
+		t.Fatal(err)
+	}
+	if wp.Status.LastScrapeTime != nil {
+		t.Fatalf("lastScrapeTime %v for a pool no pod of which was ever read", wp.Status.LastScrapeTime)
+	}
+}
