@@ -130,6 +130,7 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, written); err != nil {
 		return nil, fmt.Errorf("read back %s %s: %w", kind, desired.GetName(), err)
 	}
+	r.own.wrote(written, r.now())
 	return written, nil
 }
 

@@ -71,6 +71,7 @@ type WorkerPoolReconciler struct {
 
 	samples sampleStore
 	scales  scaleHistories
+	own     ownWrites
 }
 
 // scaleHistories keeps each autoscaled pool's recent decisions.
@@ -426,10 +427,10 @@ func (r *WorkerPoolReconciler) SetupWithManager(mgr ctrl.Manager, concurrency in
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1.WorkerPool{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Owns(&corev1.ConfigMap{}).
-		Owns(&appsv1.Deployment{}).
-		Owns(&corev1.Service{}).
-		Owns(&policyv1.PodDisruptionBudget{}).
+		Owns(&corev1.ConfigMap{}, builder.WithPredicates(r.own.notOwnEcho())).
+		Owns(&appsv1.Deployment{}, builder.WithPredicates(r.own.notOwnEcho())).
+		Owns(&corev1.Service{}, builder.WithPredicates(r.own.notOwnEcho())).
+		Owns(&policyv1.PodDisruptionBudget{}, builder.WithPredicates(r.own.notOwnEcho())).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToPool), builder.WithPredicates(podStateChanged())).
 		WithOptions(controllerOptions(concurrency)).
 		Named("workerpool").
