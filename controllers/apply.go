@@ -45,13 +45,15 @@ func asBlocked(err error) *blockedError {
 // applyChildren brings the pool's children in line with the plan and
 // returns its Deployment as the API server stored it in this pass (or, when
 // nothing changed, as the cache holds it, which then matches the plan).
-// Children the plan no longer has are deleted.
-func (r *WorkerPoolReconciler) applyChildren(ctx context.Context, pool *v1.WorkerPool, plan childPlan) (*appsv1.Deployment, error) {
-	var dep *appsv1.Deployment
+// Children the plan no longer has are deleted. changed reports that a
+// child changed beside the pass's own write of it (see ownWrites): the
+// pool wants another pass soon.
+func (r *WorkerPoolReconciler) applyChildren(ctx context.Context, pool *v1.WorkerPool, plan childPlan) (dep *appsv1.Deployment, changed bool, err error) {
 	for _, desired := range plan.objects() {
-		live, err := r.applyChild(ctx, pool, desired)
+		live, missed, err := r.applyChild(ctx, pool, desired)
+		changed = changed || missed
 		if err != nil {
-			return nil, err
+			return nil, changed, err
 		}
 		if d, ok := live.(*appsv1.Deployment); ok {
 			dep = d
@@ -59,25 +61,27 @@ func (r *WorkerPoolReconciler) applyChildren(ctx context.Context, pool *v1.Worke
 	}
 	if plan.PDB == nil {
 		if err := r.deleteIfOwned(ctx, pool, &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Name: pool.Name, Namespace: pool.Namespace}}); err != nil {
-			return nil, err
+			return nil, changed, err
 		}
 	}
 	if err := r.pruneConfigMaps(ctx, pool, plan.ConfigMap.Name, dep); err != nil {
-		return nil, err
+		return nil, changed, err
 	}
-	return dep, nil
+	return dep, changed, nil
 }
 
 // applyChild writes one planned child with server-side apply, unless the
 // cached child already carries the same applied hash and still holds every
 // value the plan sets (someone may have changed one back). It refuses to
-// touch an object of that name that the pool does not control.
-func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPool, desired client.Object) (client.Object, error) {
+// touch an object of that name that the pool does not control. missed
+// reports an event of the child, other than the write's own, that came
+// while the write was in flight.
+func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPool, desired client.Object) (_ client.Object, missed bool, _ error) {
 	kind := kindOf(desired)
 	hash := stampAppliedHash(desired)
 	u, err := applyConfiguration(desired)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 
 	live := desired.DeepCopyObject().(client.Object)
@@ -85,15 +89,15 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 	switch err := r.Get(ctx, client.ObjectKeyFromObject(desired), live); {
 	case err == nil:
 		if !metav1.IsControlledBy(live, pool) {
-			return nil, conflict(kind, live, pool)
+			return nil, false, conflict(kind, live, pool)
 		}
 		switch applied := live.GetAnnotations()[v1.AppliedHashAnnotation]; {
 		case applied == hash && unchanged(u, live):
-			return live, nil
+			return live, false, nil
 		case applied == "":
 			// Written before the operator used server-side apply.
 			if err := r.adoptUpdatedFields(ctx, pool, live); err != nil {
-				return nil, err
+				return nil, false, err
 			}
 		}
 	case apierrors.IsNotFound(err):
@@ -103,10 +107,19 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 		// this name is reported, never taken over.
 		create = true
 	default:
-		return nil, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
+		return nil, false, fmt.Errorf("get %s %s: %w", kind, desired.GetName(), err)
 	}
 
-	err = r.applyRequest(ctx, u, create)
+	r.own.writing(desired, r.now())
+	written, err := r.write(ctx, pool, desired, u, create)
+	return written, r.own.wrote(desired, written), err
+}
+
+// write sends the apply request u of the child desired (create: one that
+// only creates) and returns the child as the API server stored it.
+func (r *WorkerPoolReconciler) write(ctx context.Context, pool *v1.WorkerPool, desired client.Object, u *unstructured.Unstructured, create bool) (client.Object, error) {
+	kind := kindOf(desired)
+	err := r.applyRequest(ctx, u, create)
 	if create && apierrors.IsConflict(err) {
 		// Something holds the name. Whose is it?
 		probe := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: desired.GetObjectKind().GroupVersionKind().GroupVersion().String(), Kind: kind}}
@@ -130,7 +143,6 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, written); err != nil {
 		return nil, fmt.Errorf("read back %s %s: %w", kind, desired.GetName(), err)
 	}
-	r.own.wrote(written, r.now())
 	return written, nil
 }
 

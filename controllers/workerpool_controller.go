@@ -141,12 +141,14 @@ func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 
 	obs.failed(r.observe(ctx, pool, &obs))
 	obs.Replicas = r.replicas(pool, &obs)
+	childChanged := false // beside this pass's own write (ownWrites)
 	plan, err := planChildren(pool, obs.Replicas)
 	if err != nil {
 		obs.SpecErr = err // children stay as they were until the spec is fixed
 	} else {
 		obs.failed(r.markPodsForScaleIn(ctx, pool, &obs))
-		dep, err := r.applyChildren(ctx, pool, plan)
+		var dep *appsv1.Deployment
+		dep, childChanged, err = r.applyChildren(ctx, pool, plan)
 		if obs.Blocked = asBlocked(err); obs.Blocked == nil {
 			obs.failed(err)
 		}
@@ -157,6 +159,11 @@ func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	obs.markCurrentPods()
 	if obs.ApplyErr != nil {
 		return ctrl.Result{}, obs.ApplyErr // retried with backoff
+	}
+	if childChanged {
+		// Someone changed a child while this pass wrote it: look again
+		// once the cache holds the change.
+		return ctrl.Result{RequeueAfter: conflictRetry}, nil
 	}
 	requeue := r.StatusInterval
 	if pool.Spec.Autoscaling != nil && r.AutoscaleInterval > 0 {
