@@ -18,6 +18,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/rand"
@@ -119,6 +120,24 @@ func installOperator(t *testing.T, ns string) {
 	if out != "keep" {
 		t.Errorf("CRD resource-policy %q, want keep", out)
 	}
+	// The operator's Go memory limit follows its container's (90 % of the
+	// chart's resources.limits.memory), read from the pod's own cgroup.
+	limit := kubectl(t, "get", "deploy", "-n", operatorNS, "-l", "app.kubernetes.io/instance="+release,
+		"-o", "jsonpath={.items[0].spec.template.spec.containers[0].resources.limits.memory}")
+	q, err := resource.ParseQuantity(limit)
+	if err != nil {
+		t.Fatalf("the operator's memory limit %q: %v", limit, err)
+	}
+	want := fmt.Sprintf(`"bytes":%d`, int64(float64(q.Value())*0.9))
+	eventually(t, "the operator logs its Go memory limit", time.Minute, func() (bool, string) {
+		logs, err := run(t, "kubectl", "logs", "-n", operatorNS, "-l", "app.kubernetes.io/instance="+release, "--tail=-1")
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.Contains(line, "Go memory limit set from the container's") && strings.Contains(line, want) {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("want a line with %s; err %v, logs:\n%s", want, err, logs)
+	})
 }
 
 // workerPool is a pool running the stock worker image on queue q.
