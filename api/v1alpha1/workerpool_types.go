@@ -528,8 +528,10 @@ type WorkerPoolStatus struct {
 	// Autoscaling is the built-in autoscaler's state (with spec.autoscaling).
 	// +optional
 	Autoscaling *AutoscalingStatus `json:"autoscaling,omitempty"`
-	// LastScrapeTime is when the pods' metrics were last read. A pool is read
-	// at most once per status interval unless its set of ready pods changes.
+	// LastScrapeTime is when the pods' metrics were last read: unset until a
+	// pod was read. A pool is read at most once per status interval unless
+	// its set of ready pods changes; an unchanged status is rewritten only
+	// every five minutes to refresh it.
 	// +optional
 	LastScrapeTime *metav1.Time `json:"lastScrapeTime,omitempty"`
 	// Pods is a bounded, worst-first list of pods, for kubectl describe.
