@@ -1,6 +1,10 @@
 package controllers
 
 import (
+	"cmp"
+	"iter"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,8 +78,8 @@ var (
 	conditionLabels  = []string{"namespace", "workerpool", "type", "status"}
 	childWriteLabels = []string{"namespace", "workerpool", "kind", "operation"}
 	// conditionStatuses are the values of the condition gauge's status
-	// label: each condition has a series for each, 1 for the current one.
-	conditionStatuses = []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown}
+	// label, sorted: each condition has a series for each, 1 for the current one.
+	conditionStatuses = []metav1.ConditionStatus{metav1.ConditionFalse, metav1.ConditionTrue, metav1.ConditionUnknown}
 )
 
 // NewPoolMetrics registers the per-pool series with reg.
@@ -267,6 +271,17 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		records = append(records, *r)
 	}
 	c.mu.Unlock()
+	// The registry sorts each family's series by their label values, in
+	// label name order. Emitted in that order already, a family costs the
+	// sort a pass over it; in map order, sorting the 290 000 series of
+	// 10 000 pools took half of the page's time. Every family's labels
+	// start with namespace and end with workerpool, or have a label before
+	// namespace (direction, kind) or between the two (status and type,
+	// operation): those are emitted grouped by it.
+	slices.SortFunc(records, func(a, b poolRecord) int {
+		return cmp.Or(strings.Compare(a.labels[0].GetValue(), b.labels[0].GetValue()),
+			strings.Compare(a.labels[1].GetValue(), b.labels[1].GetValue()))
+	})
 	for _, r := range records {
 		pool := r.labels // namespace, workerpool
 		if r.reconciles > 0 {
@@ -285,28 +300,100 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if r.autoscaled {
 			ch <- &series{c.desired, pool, r.desired, false}
-			// In label name order: direction, namespace, workerpool.
-			ch <- &series{c.scaled, []*dto.LabelPair{constLabelPair("direction", "up"), pool[0], pool[1]}, r.scaledUp, true}
-			ch <- &series{c.scaled, []*dto.LabelPair{constLabelPair("direction", "down"), pool[0], pool[1]}, r.scaledDown, true}
-		}
-		for _, cond := range r.conditions {
-			typ := constLabelPair("type", cond.Type)
-			for _, s := range conditionStatuses {
-				v := 0.0
-				if cond.Status == s {
-					v = 1
-				}
-				// In label name order: namespace, status, type, workerpool.
-				labels := []*dto.LabelPair{pool[0], constLabelPair("status", string(s)), typ, pool[1]}
-				ch <- &series{c.condition, labels, v, false}
-			}
-		}
-		for _, w := range r.writes {
-			// kind, namespace, operation, workerpool.
-			labels := []*dto.LabelPair{constLabelPair("kind", w.kind), pool[0], constLabelPair("operation", w.operation), pool[1]}
-			ch <- &series{c.childWrites, labels, w.n, true}
 		}
 	}
+	// direction, namespace, workerpool.
+	for _, up := range []bool{false, true} {
+		dir := constLabelPair("direction", "down")
+		if up {
+			dir = constLabelPair("direction", "up")
+		}
+		for _, r := range records {
+			if r.autoscaled {
+				v := r.scaledDown
+				if up {
+					v = r.scaledUp
+				}
+				ch <- &series{c.scaled, []*dto.LabelPair{dir, r.labels[0], r.labels[1]}, v, true}
+			}
+		}
+	}
+	var kinds, operations []string
+	for _, r := range records {
+		for _, w := range r.writes {
+			kinds, operations = appendSorted(kinds, w.kind), appendSorted(operations, w.operation)
+		}
+	}
+	for _, kind := range kinds {
+		kindLabel := constLabelPair("kind", kind)
+		for group := range byNamespace(records) {
+			for _, op := range operations {
+				opLabel := constLabelPair("operation", op)
+				for _, r := range group {
+					for _, w := range r.writes {
+						if w.kind == kind && w.operation == op {
+							// kind, namespace, operation, workerpool.
+							ch <- &series{c.childWrites, []*dto.LabelPair{kindLabel, r.labels[0], opLabel, r.labels[1]}, w.n, true}
+						}
+					}
+				}
+			}
+		}
+	}
+	for group := range byNamespace(records) {
+		var types []string
+		for _, r := range group {
+			for _, cond := range r.conditions {
+				types = appendSorted(types, cond.Type)
+			}
+		}
+		for _, status := range conditionStatuses {
+			statusLabel := constLabelPair("status", string(status))
+			for _, typ := range types {
+				typeLabel := constLabelPair("type", typ)
+				for _, r := range group {
+					for _, cond := range r.conditions {
+						if cond.Type != typ {
+							continue
+						}
+						v := 0.0
+						if cond.Status == status {
+							v = 1
+						}
+						// namespace, status, type, workerpool.
+						ch <- &series{c.condition, []*dto.LabelPair{r.labels[0], statusLabel, typeLabel, r.labels[1]}, v, false}
+					}
+				}
+			}
+		}
+	}
+}
+
+// byNamespace yields the runs of records (sorted by namespace) that share
+// a namespace.
+func byNamespace(records []poolRecord) iter.Seq[[]poolRecord] {
+	return func(yield func([]poolRecord) bool) {
+		for start := 0; start < len(records); {
+			ns := records[start].labels[0].GetValue()
+			end := start + 1
+			for end < len(records) && records[end].labels[0].GetValue() == ns {
+				end++
+			}
+			if !yield(records[start:end]) {
+				return
+			}
+			start = end
+		}
+	}
+}
+
+// appendSorted inserts v into the sorted set list unless it holds it.
+func appendSorted(list []string, v string) []string {
+	i, found := slices.BinarySearch(list, v)
+	if found {
+		return list
+	}
+	return slices.Insert(list, i, v)
 }
 
 // series is one sample of a pool's, with label pairs it shares with others.

@@ -3,6 +3,7 @@ package controllers
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -192,6 +193,60 @@ func observePools(m *PoolMetrics, n int) {
 		m.scrapeErrors(pool, 0)
 		for _, kind := range []string{"ConfigMap", "Deployment", "Service"} {
 			m.childWrite(pool, kind, "applied")
+		}
+	}
+}
+
+// The collector emits each family in the order the registry sorts it into
+// (label values in label name order), so that the registry's sort of
+// hundreds of thousands of series is a pass over sorted ones.
+func TestPoolMetricsEmittedSorted(t *testing.T) {
+	m, err := NewPoolMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{"shop", "billing", "zoo"} {
+		for _, name := range []string{"b", "a", "c-scaled", "aa"} {
+			pool, st := metricsPool(ns, name)
+			if name == "aa" {
+				st.Conditions = st.Conditions[:3] // a pool with fewer conditions
+			}
+			m.observe(pool, st)
+			m.scrapeErrors(pool, 1)
+			m.observeQueue(pool, queueObservation{Backlog: 3})
+			for _, kind := range []string{"Service", "ConfigMap", "Deployment"} {
+				m.childWrite(pool, kind, "applied")
+			}
+			if name == "c-scaled" {
+				m.observeScale(pool, scaleDecision{Desired: 2})
+				m.childWrite(pool, "Pod", "annotated")
+				m.childWrite(pool, "ConfigMap", "deleted")
+			}
+		}
+	}
+	ch := make(chan prometheus.Metric)
+	go func() { (*poolCollector)(m).Collect(ch); close(ch) }()
+	byFamily := map[*prometheus.Desc][][]string{}
+	for metric := range ch {
+		out := &dto.Metric{}
+		if err := metric.Write(out); err != nil {
+			t.Fatal(err)
+		}
+		var values []string
+		for _, l := range out.GetLabel() {
+			values = append(values, l.GetValue())
+		}
+		byFamily[metric.Desc()] = append(byFamily[metric.Desc()], values)
+	}
+	if len(byFamily) < 10 {
+		t.Fatalf("%d families emitted, want every per-pool family", len(byFamily))
+	}
+	for desc, series := range byFamily {
+		for i := 1; i < len(series); i++ {
+			if slices.Compare(series[i-1], series[i]) >= 0 {
+				t.Errorf("%s: series %v emitted after %v", desc, series[i], series[i-1])
+				break
+			}
 		}
 	}
 }
