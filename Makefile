@@ -175,6 +175,7 @@ bench: test-deps build envtest ## Run the benchmarks behind docs/benchmarks.md (
 	bash hack/bench-worker.sh 200000 5000 3
 	@echo "Operator: one status pass over 500 and over 5000 pods (ScrapeAll vs plain GETs, interleaved; docs/benchmarks.md):"
 	$(GO) test -run='^$$' -bench='ScrapePass(500|5000)$$' -benchtime=20x -count=3 ./controllers/
+	$(GO) test -run='^$$' -bench='MetricsPage10000$$' -benchtime=5x -count=3 ./controllers/
 	@echo "Operator: 1000 and 10000 WorkerPools to steady state on envtest (operator binary vs the same applies made directly, RSS, restart; docs/benchmarks.md):"
 	KUBEBUILDER_ASSETS="$$(bash hack/build-envtest.sh)" MANAGER_BIN=$(BIN)/manager $(GO) test -run='^$$' -bench='Reconcile(1000|10000)Pools$$' -benchtime=1x -timeout 90m ./test/envtest/
 

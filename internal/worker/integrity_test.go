@@ -434,13 +434,20 @@ func TestStepFailuresAreLogged(t *testing.T) {
 	enqueue(t, e.q, 1, "fail", `{"message":"flaky"}`, func(s *queue.NewStep) { s.MaxAttempts = 2 })
 	startWorkerWith(t, e, testConfig("logs"), nil, logr.New(logs), nil)
 	eventually(t, "3 steps dead", 30*time.Second, func() bool { return counts(t, e)[queue.StateDead] == 3 })
-
+	// A step is logged once its settle has committed: the line may come a
+	// moment after the database shows the step dead.
 	byType := map[string]logEntry{}
-	for _, l := range logs.find("step dead-lettered") {
+	eventually(t, "3 dead-letter lines", 10*time.Second, func() bool {
+		clear(byType)
+		for _, l := range logs.find("step dead-lettered") {
+			byType[fmt.Sprint(l.kv["errorType"])] = l
+		}
+		return len(byType) >= 3
+	})
+	for _, l := range byType {
 		if !l.err {
 			t.Errorf("dead-letter logged below error level: %+v", l)
 		}
-		byType[fmt.Sprint(l.kv["errorType"])] = l
 	}
 	p, ok := byType[dispatch.ErrorTypeHandlerPanic]
 	if !ok {
@@ -475,11 +482,15 @@ func TestStepFailuresAreLogged(t *testing.T) {
 		return st.State == queue.StateDead
 	})
 	var expired []logEntry
-	for _, l := range logs.find("step dead-lettered") {
-		if l.kv["errorType"] == queue.ErrorTypeClaimExpired {
-			expired = append(expired, l)
+	eventually(t, "the claim_expired line", 10*time.Second, func() bool {
+		expired = expired[:0]
+		for _, l := range logs.find("step dead-lettered") {
+			if l.kv["errorType"] == queue.ErrorTypeClaimExpired {
+				expired = append(expired, l)
+			}
 		}
-	}
+		return len(expired) > 0
+	})
 	if len(expired) != 1 || expired[0].kv["stepUuid"] != crashedUUID || expired[0].kv["queue"] != "default" || expired[0].kv["handler"] != "noop" {
 		t.Fatalf("claim_expired lines %+v", expired)
 	}
