@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
+	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -91,10 +93,16 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 		if !metav1.IsControlledBy(live, pool) {
 			return nil, false, conflict(kind, live, pool)
 		}
-		switch applied := live.GetAnnotations()[v1.AppliedHashAnnotation]; {
-		case applied == hash && unchanged(u, live):
-			return live, false, nil
-		case applied == "":
+		switch live.GetAnnotations()[v1.AppliedHashAnnotation] {
+		case hash:
+			same, err := r.holdsPlan(ctx, u, hash, live)
+			if err != nil {
+				return nil, false, err
+			}
+			if same {
+				return live, false, nil
+			}
+		case "":
 			// Written before the operator used server-side apply.
 			if err := r.adoptUpdatedFields(ctx, pool, live); err != nil {
 				return nil, false, err
@@ -112,14 +120,83 @@ func (r *WorkerPoolReconciler) applyChild(ctx context.Context, pool *v1.WorkerPo
 
 	r.own.writing(desired, r.now())
 	written, err := r.write(ctx, pool, desired, u, create)
+	if d, ok := written.(*appsv1.Deployment); ok && err == nil {
+		err = r.verified.remember(d, hash)
+	}
 	return written, r.own.wrote(desired, written), err
+}
+
+// holdsPlan says whether the cached child live still holds every value of
+// the apply request u (see unchanged). A Deployment is cached without its
+// pod template (deploymentForCache): it is compared whole, read past the
+// cache, the first time and whenever its digest changes, and a digest found
+// to hold the plan of this applied hash is remembered, so that an unchanged
+// Deployment costs no read.
+func (r *WorkerPoolReconciler) holdsPlan(ctx context.Context, u *unstructured.Unstructured, hash string, live client.Object) (bool, error) {
+	digest, slim := live.GetAnnotations()[cachedDigestAnnotation]
+	if !slim {
+		return unchanged(u, live), nil
+	}
+	key := client.ObjectKeyFromObject(live)
+	if r.verified.holds(key, hash, digest) {
+		return true, nil
+	}
+	full := &appsv1.Deployment{}
+	switch err := r.apiReader().Get(ctx, key, full); {
+	case apierrors.IsNotFound(err):
+		return false, nil // deleted since: the apply creates it again
+	case err != nil:
+		return false, fmt.Errorf("get Deployment %s: %w", key.Name, err)
+	}
+	if !unchanged(u, full) {
+		return false, nil
+	}
+	return true, r.verified.remember(full, hash)
+}
+
+// verifiedChildren remembers, per Deployment, the digest
+// (deploymentDigest) it had when it was last known to hold the plan of an
+// applied hash: compared whole, or as the API server stored the operator's
+// apply of it.
+type verifiedChildren struct {
+	mu      sync.Mutex
+	digests map[types.NamespacedName]verifiedDigest
+}
+
+type verifiedDigest struct{ applied, digest string }
+
+func (v *verifiedChildren) holds(key types.NamespacedName, applied, digest string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.digests[key] == verifiedDigest{applied, digest}
+}
+
+// remember records d, found holding the plan of the applied hash.
+func (v *verifiedChildren) remember(d *appsv1.Deployment, applied string) error {
+	digest, err := deploymentDigest(d)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.digests == nil {
+		v.digests = map[types.NamespacedName]verifiedDigest{}
+	}
+	v.digests[client.ObjectKeyFromObject(d)] = verifiedDigest{applied, digest}
+	return nil
+}
+
+func (v *verifiedChildren) forget(key types.NamespacedName) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.digests, key)
 }
 
 // write sends the apply request u of the child desired (create: one that
 // only creates) and returns the child as the API server stored it.
 func (r *WorkerPoolReconciler) write(ctx context.Context, pool *v1.WorkerPool, desired client.Object, u *unstructured.Unstructured, create bool) (client.Object, error) {
 	kind := kindOf(desired)
-	err := r.applyRequest(ctx, u, create)
+	written, err := r.applyRequest(ctx, desired, u, create)
 	if create && apierrors.IsConflict(err) {
 		// Something holds the name. Whose is it?
 		probe := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: desired.GetObjectKind().GroupVersionKind().GroupVersion().String(), Kind: kind}}
@@ -132,17 +209,13 @@ func (r *WorkerPoolReconciler) write(ctx context.Context, pool *v1.WorkerPool, d
 		// The pool's own child that the cache does not hold (it lost the
 		// labels the cache selects, or the cache is behind), or one deleted
 		// since: apply it as any other.
-		err = r.applyRequest(ctx, u, false)
+		written, err = r.applyRequest(ctx, desired, u, false)
 	}
 	if err != nil {
 		return nil, classifyWriteError(kind, desired.GetName(), err)
 	}
 	r.Metrics.childWrite(pool, kind, "applied")
 	ctrl.LoggerFrom(ctx).V(1).Info("child applied", "kind", kind, "name", desired.GetName())
-	written := desired.DeepCopyObject().(client.Object)
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, written); err != nil {
-		return nil, fmt.Errorf("read back %s %s: %w", kind, desired.GetName(), err)
-	}
 	return written, nil
 }
 
@@ -155,21 +228,30 @@ func (r *WorkerPoolReconciler) write(ctx context.Context, pool *v1.WorkerPool, d
 // in between can be taken over.
 const createOnlyVersion = "1"
 
-// applyRequest sends a server-side apply request (one that only creates
-// when create is set) and, when it succeeds, replaces u with the object as
-// the API server stored it: generation and status included, so that the
-// pass computes the pool's status from what the next pass will find in the
-// cache, and does not write the status twice for one change.
-func (r *WorkerPoolReconciler) applyRequest(ctx context.Context, u *unstructured.Unstructured, create bool) error {
-	req := u.DeepCopy()
+// applyRequest sends the server-side apply request u of the child desired
+// (one that only creates when create is set) and returns the child as the
+// API server stored it: generation and status included, so that the pass
+// computes the pool's status from what the next pass will find in the
+// cache, and does not write the status twice for one change. The request
+// goes as a raw apply patch through the typed client, so the response is
+// read in the API server's binary encoding straight into the child's type
+// (an unstructured apply would decode it from JSON and convert it again).
+func (r *WorkerPoolReconciler) applyRequest(ctx context.Context, desired client.Object, u *unstructured.Unstructured, create bool) (client.Object, error) {
 	if create {
-		req.SetResourceVersion(createOnlyVersion)
+		u.SetResourceVersion(createOnlyVersion)
+		defer u.SetResourceVersion("")
 	}
-	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(req), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
-		return err
+	body, err := u.MarshalJSON()
+	if err != nil {
+		return nil, fmt.Errorf("%s %s as an apply request: %w", kindOf(desired), desired.GetName(), err)
 	}
-	u.Object = req.Object
-	return nil
+	written := reflect.New(reflect.TypeOf(desired).Elem()).Interface().(client.Object)
+	written.SetNamespace(desired.GetNamespace())
+	written.SetName(desired.GetName())
+	if err := r.Patch(ctx, written, client.RawPatch(types.ApplyPatchType, body), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return nil, err
+	}
+	return written, nil
 }
 
 // legacyFieldManagers are the field managers under which earlier versions

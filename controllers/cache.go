@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 
@@ -34,7 +36,7 @@ func CacheOptions(namespaces []string) cache.Options {
 			&corev1.Pod{}:                   {Label: labels.NewSelector().Add(*poolPods), Transform: podForStatus},
 			&corev1.ConfigMap{}:             {Label: managed, Transform: configMapWithoutData},
 			&corev1.Service{}:               {Label: managed, Transform: dropUnread},
-			&appsv1.Deployment{}:            {Label: managed, Transform: dropUnread},
+			&appsv1.Deployment{}:            {Label: managed, Transform: deploymentForCache},
 			&appsv1.ReplicaSet{}:            {Label: managed, Transform: replicaSetVolumesOnly},
 			&policyv1.PodDisruptionBudget{}: {Label: managed, Transform: dropUnread},
 		},
@@ -197,6 +199,69 @@ func slimState(s corev1.ContainerState) corev1.ContainerState {
 		out.Terminated = &corev1.ContainerStateTerminated{ExitCode: t.ExitCode, Reason: t.Reason, Message: t.Message}
 	}
 	return out
+}
+
+// cachedDigestAnnotation exists only on Deployments in the operator's cache,
+// never on the API server: a digest of the Deployment as stored
+// (deploymentDigest), taken before its pod template was dropped.
+const cachedDigestAnnotation = "workers.tasker.dev/cached-digest"
+
+// deploymentForCache strips a cached Deployment's pod template to what the
+// operator reads of it (its own annotations, among them the template's hash
+// that pods are compared with, and the ConfigMaps it mounts) and records
+// the digest of the Deployment as stored in cachedDigestAnnotation. The pod
+// template is most of a Deployment (a third of the operator's cache at
+// 10 000 pools); to tell whether a Deployment still holds the plan, the
+// operator compares it whole once, read past the cache, and after that only
+// its digest (see verifiedChildren).
+func deploymentForCache(obj any) (any, error) {
+	d, ok := obj.(*appsv1.Deployment)
+	if !ok {
+		return dropUnread(obj)
+	}
+	if _, err := dropUnread(d); err != nil {
+		return nil, err
+	}
+	digest, err := deploymentDigest(d)
+	if err != nil {
+		return nil, err
+	}
+	var volumes []corev1.Volume
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.ConfigMap != nil {
+			volumes = append(volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{ConfigMap: v.ConfigMap}})
+		}
+	}
+	d.Spec.Template = corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Annotations: operatorAnnotations(d.Spec.Template.Annotations)},
+		Spec:       corev1.PodSpec{Volumes: volumes},
+	}
+	d.Annotations = withAnnotation(d.Annotations, cachedDigestAnnotation, digest)
+	return d, nil
+}
+
+// deploymentDigest is a digest of what the operator compares with its plan
+// of a Deployment: labels, annotations (less kubectl's last-applied copy
+// and cachedDigestAnnotation), owners and spec. The protobuf encoding it
+// hashes is deterministic (map keys sorted) and the same for a Deployment
+// read from a watch, a GET or an apply response.
+func deploymentDigest(d *appsv1.Deployment) (string, error) {
+	annotations := make(map[string]string, len(d.Annotations))
+	for k, v := range d.Annotations {
+		if k != cachedDigestAnnotation && k != corev1.LastAppliedConfigAnnotation {
+			annotations[k] = v
+		}
+	}
+	compared := appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Labels: d.Labels, Annotations: annotations, OwnerReferences: d.OwnerReferences},
+		Spec:       d.Spec,
+	}
+	b, err := compared.Marshal()
+	if err != nil {
+		return "", fmt.Errorf("digest of Deployment %s: %w", d.Name, err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16]), nil
 }
 
 // replicaSetVolumesOnly strips a cached ReplicaSet to what the operator reads

@@ -257,3 +257,95 @@ func TestCacheOptionsTransformEveryType(t *testing.T) {
 		}
 	}
 }
+
+// fullDeployment is a pool's Deployment as the API server serves it.
+func fullDeployment() *appsv1.Deployment {
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "payments", Namespace: "shop", ResourceVersion: "7", Generation: 2,
+			Labels:          map[string]string{managedByLabel: managedBy, v1.PoolLabel: "payments"},
+			Annotations:     map[string]string{v1.AppliedHashAnnotation: "a1", corev1.LastAppliedConfigAnnotation: "{}"},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "workers.tasker.dev/v1alpha1", Kind: "WorkerPool", Name: "payments", UID: "p", Controller: ptr.To(true)}},
+			ManagedFields:   managedFieldsOf(FieldOwner),
+		},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](3),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{v1.PoolLabel: "payments"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{v1.PoolLabel: "payments"},
+					Annotations: map[string]string{v1.TemplateHashAnnotation: "t1", "example.com/team": "pay"}},
+				Spec: fullPod("template", nil).Spec,
+			},
+		},
+		Status: appsv1.DeploymentStatus{ObservedGeneration: 2, Replicas: 3, ReadyReplicas: 3},
+	}
+}
+
+func cachedDeployment(t *testing.T, d *appsv1.Deployment) *appsv1.Deployment {
+	t.Helper()
+	out, err := deploymentForCache(d.DeepCopy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.(*appsv1.Deployment)
+}
+
+// A cached Deployment keeps what the status and the ConfigMap pruning read
+// (the template's hash, the ConfigMaps it mounts, replicas, status) and,
+// instead of its pod template, a digest of what the plan is compared with:
+// the same for the same Deployment whatever its status or version, and
+// another when anything the operator sets changes.
+func TestDeploymentForCacheKeepsADigestForThePodTemplate(t *testing.T) {
+	full := fullDeployment()
+	cached := cachedDeployment(t, full)
+	tmpl := cached.Spec.Template
+	if len(tmpl.Spec.Containers) != 0 || len(tmpl.Spec.InitContainers) != 0 || tmpl.Labels != nil {
+		t.Errorf("the cached pod template keeps containers or labels: %+v", tmpl)
+	}
+	if tmpl.Annotations[v1.TemplateHashAnnotation] != "t1" || len(tmpl.Annotations) != 1 {
+		t.Errorf("cached template annotations %v, want the template hash alone", tmpl.Annotations)
+	}
+	mounted := map[string]bool{}
+	mountedConfigMaps(tmpl.Spec, mounted)
+	if !mounted["payments-config-c1"] || len(tmpl.Spec.Volumes) != 1 {
+		t.Errorf("cached volumes %+v, want the config ConfigMap", tmpl.Spec.Volumes)
+	}
+	if *cached.Spec.Replicas != 3 || cached.Status.ReadyReplicas != 3 || cached.ManagedFields != nil ||
+		cached.Annotations[corev1.LastAppliedConfigAnnotation] != "" || cached.Annotations[v1.AppliedHashAnnotation] != "a1" {
+		t.Errorf("cached Deployment %+v %+v", cached.ObjectMeta, cached.Status)
+	}
+	digest := cached.Annotations[cachedDigestAnnotation]
+	if want, err := deploymentDigest(full); err != nil || digest == "" || digest != want {
+		t.Fatalf("cached digest %q, want the full Deployment's %q (%v)", digest, want, err)
+	}
+
+	for name, mutate := range map[string]func(*appsv1.Deployment){
+		"status":          func(d *appsv1.Deployment) { d.Status.ReadyReplicas, d.Status.ObservedGeneration = 1, 3 },
+		"resourceVersion": func(d *appsv1.Deployment) { d.ResourceVersion, d.Generation = "8", 3 },
+		"managed fields":  func(d *appsv1.Deployment) { d.ManagedFields = managedFieldsOf("kubectl") },
+	} {
+		d := fullDeployment()
+		mutate(d)
+		if got := cachedDeployment(t, d).Annotations[cachedDigestAnnotation]; got != digest {
+			t.Errorf("a change of %s changed the digest", name)
+		}
+	}
+	for name, mutate := range map[string]func(*appsv1.Deployment){
+		"image": func(d *appsv1.Deployment) {
+			d.Spec.Template.Spec.Containers[0].Image = "registry.example/tasker-worker:v10"
+		},
+		"env":        func(d *appsv1.Deployment) { d.Spec.Template.Spec.Containers[0].Env = nil },
+		"replicas":   func(d *appsv1.Deployment) { d.Spec.Replicas = ptr.To[int32](4) },
+		"label":      func(d *appsv1.Deployment) { delete(d.Labels, managedByLabel) },
+		"annotation": func(d *appsv1.Deployment) { d.Annotations[v1.AppliedHashAnnotation] = "a2" },
+		"owner":      func(d *appsv1.Deployment) { d.OwnerReferences = nil },
+		"template annotation": func(d *appsv1.Deployment) {
+			d.Spec.Template.Annotations["example.com/team"] = "ops"
+		},
+	} {
+		d := fullDeployment()
+		mutate(d)
+		if got := cachedDeployment(t, d).Annotations[cachedDigestAnnotation]; got == digest {
+			t.Errorf("a change of the %s left the digest as it was", name)
+		}
+	}
+}

@@ -69,9 +69,10 @@ type WorkerPoolReconciler struct {
 	// Now is the clock (time.Now unless a test replaces it).
 	Now func() time.Time
 
-	samples sampleStore
-	scales  scaleHistories
-	own     ownWrites
+	samples  sampleStore
+	scales   scaleHistories
+	own      ownWrites
+	verified verifiedChildren
 }
 
 // scaleHistories keeps each autoscaled pool's recent decisions.
@@ -128,6 +129,7 @@ func (r *WorkerPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 			r.Metrics.forget(req.Namespace, req.Name)
 			r.samples.forget(req.NamespacedName)
 			r.scales.forget(req.NamespacedName)
+			r.verified.forget(req.NamespacedName) // the Deployment has the pool's name
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, fmt.Errorf("get WorkerPool: %w", err)

@@ -256,3 +256,83 @@ func TestPoolWithoutPodsWritesNoHeartbeat(t *testing.T) {
 		t.Fatalf("lastScrapeTime %v for a pool no pod of which was ever read", wp.Status.LastScrapeTime)
 	}
 }
+
+// deploymentRequests are the requests of reqs that read the Deployment name
+// past the cache, and those that write it.
+func deploymentRequests(reqs []string, name string) (reads, writes []string) {
+	for _, r := range reqs {
+		method, path, _ := strings.Cut(r, " ")
+		if !strings.HasSuffix(path, "/deployments/"+name) {
+			continue
+		}
+		if method == http.MethodGet {
+			reads = append(reads, r)
+		} else {
+			writes = append(writes, r)
+		}
+	}
+	return reads, writes
+}
+
+// The operator caches Deployments without their pod template and tells an
+// unchanged one by its digest: a pass over an unchanged pool reads no
+// Deployment past the cache, an operator that starts anew reads each once,
+// and a Deployment someone edited is read, found changed and applied back.
+func TestUnchangedDeploymentIsReadOnce(t *testing.T) {
+	iso := newIsolated(t)
+	req := iso.createPool(t, "digest")
+	pass := func(r *controllers.WorkerPoolReconciler) []string {
+		t.Helper()
+		_, n := iso.requests.since(0)
+		if _, err := r.Reconcile(ctx(t), req); err != nil {
+			t.Fatal(err)
+		}
+		seen, _ := iso.requests.since(n)
+		return seen
+	}
+	pass(iso.r)
+	dep := &appsv1.Deployment{}
+	if err := k8s.Get(ctx(t), req.NamespacedName, dep); err != nil {
+		t.Fatal(err)
+	}
+	cachedAt := func(version string) {
+		t.Helper()
+		eventually(t, "the cache holds the Deployment at version "+version, 20*time.Second, func() (bool, string) {
+			cached := &appsv1.Deployment{}
+			err := iso.cache.Get(context.Background(), req.NamespacedName, cached)
+			return err == nil && cached.ResourceVersion == version, fmt.Sprint(err, cached.ResourceVersion)
+		})
+	}
+	cachedAt(dep.ResourceVersion)
+	if reads, writes := deploymentRequests(pass(iso.r), dep.Name); len(reads)+len(writes) != 0 {
+		t.Fatalf("a pass after the pool's creation: Deployment requests %v %v, want none (the apply response's digest is the cache's)", reads, writes)
+	}
+
+	restarted := &controllers.WorkerPoolReconciler{Client: iso.r.Client, APIReader: iso.r.APIReader,
+		Scraper: controllers.NewScraper(scrapeTimeout, 4), StatusInterval: time.Minute}
+	if reads, writes := deploymentRequests(pass(restarted), dep.Name); len(reads) != 1 || len(writes) != 0 {
+		t.Fatalf("first pass of a new operator: Deployment reads %v, writes %v; want one read, no write", reads, writes)
+	}
+	if reads, writes := deploymentRequests(pass(restarted), dep.Name); len(reads)+len(writes) != 0 {
+		t.Fatalf("second pass of a new operator: Deployment requests %v %v, want none", reads, writes)
+	}
+
+	edit := []byte(`{"spec":{"template":{"spec":{"containers":[{"name":"worker","image":"edited:v2"}]}}}}`)
+	if err := k8s.Patch(ctx(t), dep, client.RawPatch("application/strategic-merge-patch+json", edit), client.FieldOwner("kubectl-edit")); err != nil {
+		t.Fatal(err)
+	}
+	cachedAt(dep.ResourceVersion)
+	if reads, writes := deploymentRequests(pass(restarted), dep.Name); len(reads) != 1 || len(writes) != 1 {
+		t.Fatalf("a pass after an edit of the Deployment: reads %v, writes %v; want one of each", reads, writes)
+	}
+	if err := k8s.Get(ctx(t), req.NamespacedName, dep); err != nil {
+		t.Fatal(err)
+	}
+	if image := dep.Spec.Template.Spec.Containers[0].Image; image == "edited:v2" {
+		t.Fatalf("the edited image %q stayed", image)
+	}
+	cachedAt(dep.ResourceVersion)
+	if reads, writes := deploymentRequests(pass(restarted), dep.Name); len(reads)+len(writes) != 0 {
+		t.Fatalf("a pass after the Deployment was applied back: requests %v %v, want none", reads, writes)
+	}
+}
