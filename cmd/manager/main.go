@@ -24,6 +24,7 @@ import (
 
 	workersv1alpha1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 	"github.com/seed-a17b38e7/workerpool-operator/controllers"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/memlimit"
 )
 
 // options are the manager's flags.
@@ -112,8 +113,8 @@ func run(o options) error {
 		return err
 	}
 	log := ctrl.Log.WithName("setup")
-	if soft := setMemoryLimit("/sys/fs/cgroup"); soft > 0 {
-		log.Info("Go memory limit set from the container's", "bytes", soft, "share", memoryLimitShare)
+	if soft, code := memlimit.Set("/sys/fs/cgroup", "/proc/self/exe"); soft > 0 {
+		log.Info("Go memory limit set from the container's", "bytes", soft, "codeBytes", code, "share", memlimit.Share)
 	}
 	scheme := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))

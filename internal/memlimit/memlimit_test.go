@@ -1,4 +1,4 @@
-package main
+package memlimit
 
 import (
 	"os"
@@ -28,12 +28,12 @@ func TestContainerMemoryLimit(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.content), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			if got, ok := containerMemoryLimit(root); got != tc.want || ok != tc.ok {
-				t.Fatalf("containerMemoryLimit = %d, %v; want %d, %v", got, ok, tc.want, tc.ok)
+			if got, ok := containerLimit(root); got != tc.want || ok != tc.ok {
+				t.Fatalf("containerLimit = %d, %v; want %d, %v", got, ok, tc.want, tc.ok)
 			}
 		})
 	}
-	if _, ok := containerMemoryLimit(t.TempDir()); ok {
+	if _, ok := containerLimit(t.TempDir()); ok {
 		t.Fatal("a limit found where no cgroup file is")
 	}
 }
@@ -45,16 +45,39 @@ func TestSetMemoryLimitFromTheContainer(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "memory.max"), []byte("268435456\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	limit := 268435456.0
-	want := int64(limit * memoryLimitShare)
-	if got := setMemoryLimit(root); got != want {
-		t.Fatalf("setMemoryLimit = %d, want 90%% of the limit, %d", got, want)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := debug.SetMemoryLimit(-1); got != want {
-		t.Fatalf("the runtime's memory limit is %d, want %d", got, want)
+	const limit = 268435456
+	soft, code := Set(root, exe)
+	if code <= 0 {
+		t.Fatalf("the test binary's mapped code size is %d, want more than 0", code)
+	}
+	if want := ForContainer(limit, code); soft != want || soft >= limit*9/10 {
+		t.Fatalf("Set = %d, want %d: 90%% of the limit less %d bytes of code", soft, want, code)
+	}
+	if got := debug.SetMemoryLimit(-1); got != soft {
+		t.Fatalf("the runtime's memory limit is %d, want %d", got, soft)
 	}
 	t.Setenv("GOMEMLIMIT", "100MiB")
-	if got := setMemoryLimit(root); got != 0 {
-		t.Fatalf("with GOMEMLIMIT set, setMemoryLimit set %d", got)
+	if got, _ := Set(root, exe); got != 0 {
+		t.Fatalf("with GOMEMLIMIT set, Set set %d", got)
+	}
+}
+
+func TestGoMemoryLimitLeavesRoomForTheCode(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct{ limit, code, want int64 }{
+		{300 * mib, 58 * mib, 242 * mib * 9 / 10}, // 300 MiB container: 217.8 MiB for Go
+		{256 * mib, 0, 256 * mib * 9 / 10},        // code size unknown
+		{100 * mib, 58 * mib, 50 * mib},           // never below half the limit
+	} {
+		if got := ForContainer(tc.limit, tc.code); got != tc.want {
+			t.Errorf("ForContainer(%d MiB, %d MiB) = %d, want %d", tc.limit/mib, tc.code/mib, got, tc.want)
+		}
+	}
+	if MappedCodeSize("/no/such/file") != 0 {
+		t.Error("a code size for a file that does not exist")
 	}
 }

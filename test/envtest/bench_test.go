@@ -23,12 +23,14 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
 	"github.com/seed-a17b38e7/workerpool-operator/controllers"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/memlimit"
 )
 
 // benchReconcilers is the manager's default --max-concurrent-reconciles: the
@@ -68,13 +70,13 @@ func benchReconcile(b *testing.B, benchPools int) {
 				b.Fatal(err)
 			}
 		}
-		watch := watchSteadyState(b, baseNS)
+		watch := watchSteadyState(b, baseNS, benchPools)
 		start := time.Now()
 		bareWrites(b, fast, baseNS, benchPools)
-		watch.wait(b, benchPools)
+		watch.wait(b)
 		baseSecs += time.Since(start).Seconds()
 
-		watch = watchSteadyState(b, ns)
+		watch = watchSteadyState(b, ns, benchPools)
 		op := startManager(b, bin, kubeconfig, ns)
 		b.StartTimer()
 		start = time.Now()
@@ -84,7 +86,7 @@ func benchReconcile(b *testing.B, benchPools int) {
 			wp.Namespace = ns
 			return fast.Create(context.Background(), wp)
 		})
-		watch.wait(b, benchPools)
+		watch.wait(b)
 		operatorSecs += time.Since(start).Seconds()
 		b.StopTimer()
 		<-profiled
@@ -114,10 +116,10 @@ func benchReconcile(b *testing.B, benchPools int) {
 		// meets a larger store than an earlier one. Comparing the operator
 		// with the mean of a baseline before and one after it takes that
 		// drift out of the ratio.
-		watch = watchSteadyState(b, afterNS)
+		watch = watchSteadyState(b, afterNS, benchPools)
 		start = time.Now()
 		bareWrites(b, fast, afterNS, benchPools)
-		watch.wait(b, benchPools)
+		watch.wait(b)
 		baseAfterSecs += time.Since(start).Seconds()
 	}
 	n := float64(b.N)
@@ -137,29 +139,44 @@ func benchReconcile(b *testing.B, benchPools int) {
 	b.ReportMetric(perPool.reconciles/n, "passes/pool")
 }
 
-// steadyWatch follows the pools and Deployments of a namespace through a
-// watch-fed cache of its own, so that both runs of the benchmark (the
-// operator's and the baseline's) end alike: when a watcher sees every pool
-// with a status for its generation and a Deployment. Listing 10 000 pools
-// from the API server every tick instead would load the server the runs are
-// timed on.
+// steadyWatch follows the pools and Deployments of a namespace through
+// informers of its own, so that both runs of the benchmark (the operator's
+// and the baseline's) end alike: when it has seen every pool with a status
+// for its generation and a Deployment. It counts as the events come, at a
+// small and equal cost per event in both runs: listing 10 000 pools every
+// tick instead (from the API server, or copied out of a cache) cost the
+// measuring process more CPU time the longer a run took, on the machine
+// the runs are timed on.
 type steadyWatch struct {
-	cache  cache.Cache
-	cancel context.CancelFunc
+	cancel  context.CancelFunc
+	mu      sync.Mutex
+	settled map[string]bool // pools with a status for their generation
+	deps    map[string]bool // Deployments
+	want    int
+	done    chan struct{} // closed when both reach want
 }
 
-func watchSteadyState(b *testing.B, ns string) *steadyWatch {
+func watchSteadyState(b *testing.B, ns string, benchPools int) *steadyWatch {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
+	w := &steadyWatch{cancel: cancel, settled: map[string]bool{}, deps: map[string]bool{}, want: benchPools, done: make(chan struct{})}
 	watched, err := cache.New(cfg, cache.Options{Scheme: scheme.Scheme, DefaultNamespaces: map[string]cache.Config{ns: {}},
-		DefaultUnsafeDisableDeepCopy: ptr(true)}) // read only; copying 10 000 pools every tick would cost the machine
+		DefaultTransform: cache.TransformStripManagedFields()})
 	if err != nil {
 		b.Fatal(err)
 	}
 	dep := &metav1.PartialObjectMetadata{}
 	dep.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
 	for _, o := range []client.Object{dep, &v1.WorkerPool{}} { // informers before the cache starts
-		if _, err := watched.GetInformer(ctx, o, cache.BlockUntilSynced(false)); err != nil {
+		inf, err := watched.GetInformer(ctx, o, cache.BlockUntilSynced(false))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { w.saw(obj, false) },
+			UpdateFunc: func(_, obj any) { w.saw(obj, false) },
+			DeleteFunc: func(obj any) { w.saw(obj, true) },
+		}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -167,40 +184,46 @@ func watchSteadyState(b *testing.B, ns string) *steadyWatch {
 	if !watched.WaitForCacheSync(ctx) {
 		b.Fatal("bench cache did not sync")
 	}
-	return &steadyWatch{cache: watched, cancel: cancel}
+	return w
 }
 
-// wait waits until every one of benchPools pools has a status for its
-// generation (with a Ready condition) and a Deployment, then stops watching.
-func (w *steadyWatch) wait(b *testing.B, benchPools int) {
+// saw counts one event of a pool or Deployment.
+func (w *steadyWatch) saw(obj any, deleted bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch o := obj.(type) {
+	case *v1.WorkerPool:
+		w.settled[o.Name] = !deleted && o.Status.ObservedGeneration == o.Generation && condition(o, v1.ConditionReady).Status != "absent"
+		if !w.settled[o.Name] {
+			delete(w.settled, o.Name)
+		}
+	case *metav1.PartialObjectMetadata:
+		if deleted {
+			delete(w.deps, o.Name)
+		} else {
+			w.deps[o.Name] = true
+		}
+	}
+	if len(w.settled) == w.want && len(w.deps) == w.want {
+		select {
+		case <-w.done:
+		default:
+			close(w.done)
+		}
+	}
+}
+
+// wait waits until every pool has a status for its generation (with a
+// Ready condition) and a Deployment, then stops watching.
+func (w *steadyWatch) wait(b *testing.B) {
 	defer w.cancel()
-	ctx := context.Background()
-	deps := &metav1.PartialObjectMetadataList{}
-	deps.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("DeploymentList"))
-	pools := &v1.WorkerPoolList{}
-	deadline := time.Now().Add(time.Duration(benchPools) * 200 * time.Millisecond)
-	tick := time.NewTicker(200 * time.Millisecond) // polling interval of the measurement, not a wait for an event
-	defer tick.Stop()
-	for {
-		if err := w.cache.List(ctx, pools); err != nil {
-			b.Fatal(err)
-		}
-		if err := w.cache.List(ctx, deps); err != nil {
-			b.Fatal(err)
-		}
-		done := 0
-		for _, p := range pools.Items {
-			if p.Status.ObservedGeneration == p.Generation && condition(&p, v1.ConditionReady).Status != "absent" {
-				done++
-			}
-		}
-		if done == benchPools && len(deps.Items) == benchPools {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("steady state not reached: %d pools with status, %d Deployments", done, len(deps.Items))
-		}
-		<-tick.C
+	timeout := time.Duration(w.want) * 200 * time.Millisecond
+	select {
+	case <-w.done:
+	case <-time.After(timeout):
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		b.Fatalf("steady state not reached in %s: %d pools with status, %d Deployments", timeout, len(w.settled), len(w.deps))
 	}
 }
 
@@ -485,9 +508,9 @@ func startManager(b *testing.B, bin, kubeconfig, ns string) *managerProc {
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	if limit := benchMemoryLimit(b); limit > 0 {
 		// What the operator sets itself in a container with this memory
-		// limit (cmd/manager's setMemoryLimit): the benchmark runs it as a
-		// plain process, outside any cgroup.
-		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMEMLIMIT=%d", int64(float64(limit)*0.9)))
+		// limit (memlimit.Set): the benchmark runs it as a plain process,
+		// outside any cgroup.
+		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMEMLIMIT=%d", memlimit.ForContainer(limit, memlimit.MappedCodeSize(bin))))
 	}
 	p := &managerProc{cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{}), metrics: "http://" + metricsAddr + "/metrics", pprof: pprofAddr}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
