@@ -226,17 +226,14 @@ func deploymentForCache(obj any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var volumes []corev1.Volume
-	for _, v := range d.Spec.Template.Spec.Volumes {
-		if v.ConfigMap != nil {
-			volumes = append(volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{ConfigMap: v.ConfigMap}})
-		}
-	}
 	d.Spec.Template = corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{Annotations: operatorAnnotations(d.Spec.Template.Annotations)},
-		Spec:       corev1.PodSpec{Volumes: volumes},
+		Spec:       corev1.PodSpec{Volumes: configMapVolumes(d.Spec.Template.Spec)},
 	}
-	d.Annotations = withAnnotation(d.Annotations, cachedDigestAnnotation, digest)
+	if d.Annotations == nil {
+		d.Annotations = map[string]string{}
+	}
+	d.Annotations[cachedDigestAnnotation] = digest
 	return d, nil
 }
 
@@ -272,14 +269,20 @@ func replicaSetVolumesOnly(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
+	rs.ManagedFields = nil
+	delete(rs.Annotations, corev1.LastAppliedConfigAnnotation)
+	rs.Spec.Template = corev1.PodTemplateSpec{Spec: corev1.PodSpec{Volumes: configMapVolumes(rs.Spec.Template.Spec)}}
+	return rs, nil
+}
+
+// configMapVolumes are a pod spec's ConfigMap volumes (what pruneConfigMaps
+// reads), without their other fields.
+func configMapVolumes(spec corev1.PodSpec) []corev1.Volume {
 	var volumes []corev1.Volume
-	for _, v := range rs.Spec.Template.Spec.Volumes {
+	for _, v := range spec.Volumes {
 		if v.ConfigMap != nil {
 			volumes = append(volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{ConfigMap: v.ConfigMap}})
 		}
 	}
-	rs.ManagedFields = nil
-	delete(rs.Annotations, corev1.LastAppliedConfigAnnotation)
-	rs.Spec.Template = corev1.PodTemplateSpec{Spec: corev1.PodSpec{Volumes: volumes}}
-	return rs, nil
+	return volumes
 }
