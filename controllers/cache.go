@@ -269,10 +269,8 @@ func replicaSetVolumesOnly(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	rs.ManagedFields = nil
-	delete(rs.Annotations, corev1.LastAppliedConfigAnnotation)
 	rs.Spec.Template = corev1.PodTemplateSpec{Spec: corev1.PodSpec{Volumes: configMapVolumes(rs.Spec.Template.Spec)}}
-	return rs, nil
+	return dropUnread(rs)
 }
 
 // configMapVolumes are a pod spec's ConfigMap volumes (what pruneConfigMaps

@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/seed-a17b38e7/workerpool-operator/api/v1alpha1"
+	"github.com/seed-a17b38e7/workerpool-operator/internal/memlimit"
 )
 
 // The suite installs its own release in its own namespace, watching only
@@ -140,9 +141,9 @@ func installOperator(t *testing.T, ns string) {
 			if err := json.Unmarshal([]byte(line), &set); err != nil {
 				return false, fmt.Sprintf("the memory limit line %q: %v", line, err)
 			}
-			want := max(int64(float64(q.Value()-set.CodeBytes)*0.9), q.Value()/2)
+			want := memlimit.ForContainer(q.Value(), set.CodeBytes)
 			if set.CodeBytes < 10<<20 || set.Bytes != want {
-				return false, fmt.Sprintf("the memory limit line %q: want codeBytes over 10 MiB and bytes %d (90%% of %d less the code)", line, want, q.Value())
+				return false, fmt.Sprintf("the memory limit line %q: want codeBytes over 10 MiB and bytes %d (memlimit.ForContainer of %d)", line, want, q.Value())
 			}
 			return true, ""
 		}

@@ -193,8 +193,9 @@ func (w *steadyWatch) saw(obj any, deleted bool) {
 	defer w.mu.Unlock()
 	switch o := obj.(type) {
 	case *v1.WorkerPool:
-		w.settled[o.Name] = !deleted && o.Status.ObservedGeneration == o.Generation && condition(o, v1.ConditionReady).Status != "absent"
-		if !w.settled[o.Name] {
+		if !deleted && o.Status.ObservedGeneration == o.Generation && condition(o, v1.ConditionReady).Status != "absent" {
+			w.settled[o.Name] = true
+		} else {
 			delete(w.settled, o.Name)
 		}
 	case *metav1.PartialObjectMetadata:
